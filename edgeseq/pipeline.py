@@ -1,0 +1,93 @@
+"""compile = export -> passes -> build -> parity, into a folder that appears only when complete.
+
+Everything is written to a temporary sibling of the output folder and renamed into
+place at the end; a failure at any stage (including failed parity) leaves nothing behind.
+"""
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgeseq.build import write_artifact, write_manifest
+from edgeseq.errors import BuildError, ParityError
+from edgeseq.exporters import export_graphs, exporter_for
+from edgeseq.models.checkpoint import load_checkpoint
+from edgeseq.models.config import config_to_dict
+from edgeseq.passes import run_passes
+from edgeseq.runtimes import load as load_artifact
+from edgeseq.runtimes.ort_backend import check_target
+
+PRECISIONS = {"fp32": "available", "fp16": "planned", "bf16": "planned"}
+
+ENCODER_DECODER_SCHEDULE = [
+    {"stage": "encode", "graphs": ["encoder"], "runs": "once per request"},
+    {"stage": "decode", "graphs": ["decoder_step"], "runs": "once per generated token"},
+]
+
+
+def check_build_options(target: str, precision: str) -> None:
+    try:
+        check_target(target)
+    except Exception as e:
+        raise BuildError(e.problem if hasattr(e, "problem") else str(e), getattr(e, "fix", None)) from e
+    if precision not in PRECISIONS:
+        raise BuildError(f"unknown precision {precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
+    if PRECISIONS[precision] != "available":
+        raise BuildError(f"precision {precision!r} is not available yet", "use --precision fp32")
+
+
+def compile_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    target: str = "ort-cpu",
+    precision: str = "fp32",
+    verify: bool = True,
+    force: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Compile a checkpoint folder into an artifact folder; returns the manifest."""
+    say = on_stage or (lambda _: None)
+    out = Path(out)
+    check_build_options(target, precision)
+    if out.exists() and not force:
+        raise BuildError(f"output folder {out} already exists", "choose another -o folder or pass --force")
+    say("loading checkpoint")
+    family, model = load_checkpoint(checkpoint)
+    exporter = exporter_for(family)
+    graphs = export_graphs(model, exporter, on_graph=lambda spec: say(f"exporting {spec.name}"))
+    say("running graph passes")
+    for g in graphs:
+        g.model = run_passes(g.model, family, g.spec.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
+    try:
+        say("writing artifact")
+        config = config_to_dict(model.config, family)
+        config.pop("family")
+        manifest = write_artifact(
+            tmp, family, config, graphs, target, precision,
+            ENCODER_DECODER_SCHEDULE, exporter.sequential_depth_per_token(model.config),
+        )
+        if verify:
+            say("checking parity against PyTorch")
+            from edgeseq.parity import PARITY_CHECKS  # torch-heavy; only when verifying
+
+            report = PARITY_CHECKS[family](load_artifact(tmp, target=target), model, exporter.atol)
+            manifest["parity"] = report
+            write_manifest(tmp, manifest)
+            if not report["passed"]:
+                raise ParityError(
+                    f"max abs logit difference {report['max_abs_logit_diff']:.2e} "
+                    f"(tolerance {report['atol']:.0e}), greedy agreement {report['greedy_token_agreement']:.3f}",
+                    "report this model config; --no-verify skips the check at your own risk",
+                )
+        tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest

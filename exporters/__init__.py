@@ -1,0 +1,20 @@
+"""torch -> ONNX exporters, one module per family, registered by family name."""
+
+from edgeseq.errors import ConfigError
+
+from .base import ExportedGraph, FamilyExporter, GraphSpec, TensorSpec, export_graphs
+from .red import RedExporter
+
+EXPORTERS: dict[str, FamilyExporter] = {"red": RedExporter()}
+
+
+def exporter_for(family: str) -> FamilyExporter:
+    try:
+        return EXPORTERS[family]
+    except KeyError:
+        raise ConfigError(
+            f"no exporter for family {family!r}", f"families with exporters: {', '.join(sorted(EXPORTERS))}"
+        ) from None
+
+
+__all__ = ["EXPORTERS", "ExportedGraph", "FamilyExporter", "GraphSpec", "TensorSpec", "export_graphs", "exporter_for"]

@@ -1,0 +1,155 @@
+"""What every family's exporter shares: graph specs as data, example inputs, the dynamo export.
+
+A family exporter is mostly data (optimum's OnnxConfig idea): which graphs it emits,
+their inputs and outputs with symbolic dims, one torch module per graph, and the
+family's parity tolerance. `export_graphs` does the tracing for all of them.
+"""
+
+import contextlib
+import inspect
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+import torch
+
+from edgeseq.errors import ExportError
+
+# Sizes used for the example inputs of each symbolic dim. None may be 0 or 1: the
+# exporter would specialise the graph to that size (DESIGN §4).
+EXAMPLE_DIM_SIZES = {"batch": 2, "source": 5, "past": 3, "new": 2}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. `dims` holds ints or symbolic names (dynamic axes).
+
+    `example` says how to fill an example input: token_ids, positions, mask or hidden.
+    """
+
+    name: str
+    dtype: str
+    dims: tuple
+    example: str = "hidden"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str  # file stem and manifest key
+    role: str  # what the runtime uses it for: encoder, decoder_step, ...
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def to_json(self, file: str) -> dict:
+        return {
+            "file": file,
+            "role": self.role,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+        }
+
+
+@dataclass
+class ExportedGraph:
+    spec: GraphSpec
+    model: ir.Model
+
+
+@dataclass
+class FamilyExporter:
+    """Base for a family's exporter; subclasses fill in the graphs and their modules."""
+
+    family: str
+    atol: float = 1e-4  # max abs logit difference accepted at fp32
+    extra: dict = field(default_factory=dict)
+
+    def graph_specs(self, config) -> list[GraphSpec]:
+        raise NotImplementedError
+
+    def graph_module(self, model: torch.nn.Module, spec: GraphSpec) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def sequential_depth_per_token(self, config) -> int:
+        """Layers a generated token must pass through one after another."""
+        raise NotImplementedError
+
+
+def example_input(t: TensorSpec, config, generator: torch.Generator) -> torch.Tensor:
+    shape = [EXAMPLE_DIM_SIZES[d] if isinstance(d, str) else d for d in t.dims]
+    if t.example == "token_ids":
+        return torch.randint(3, config.vocab_size, shape, generator=generator)
+    if t.example == "positions":
+        return torch.randint(0, min(16, config.max_positions), shape, generator=generator)
+    if t.example == "mask":
+        return torch.ones(shape, dtype=torch.long)
+    return torch.randn(shape, generator=generator)
+
+
+def dynamic_shapes(spec: GraphSpec, module: torch.nn.Module) -> tuple:
+    """Per-input dynamic axes, shaped like forward's arguments (a *args tail is one tuple)."""
+    dims: dict[str, torch.export.Dim] = {}
+    out = []
+    for t in spec.inputs:
+        axes = {}
+        for axis, d in enumerate(t.dims):
+            if isinstance(d, str):
+                axes[axis] = dims.setdefault(d, torch.export.Dim(d, min=0))
+        out.append(axes or None)
+    params = inspect.signature(module.forward).parameters.values()
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        named = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+        return (*out[:named], tuple(out[named:]))
+    return tuple(out)
+
+
+def export_graph(module: torch.nn.Module, spec: GraphSpec, config) -> ir.Model:
+    """Trace one graph with the dynamo exporter; errors name the graph and the stage."""
+    generator = torch.Generator().manual_seed(0)
+    args = tuple(example_input(t, config, generator) for t in spec.inputs)
+    quiet = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_torch_logs():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module.eval(),
+                args,
+                dynamo=True,
+                input_names=[t.name for t in spec.inputs],
+                output_names=[t.name for t in spec.outputs],
+                dynamic_shapes=dynamic_shapes(spec, module),
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as e:  # the exporter raises many types; all mean the same thing here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(
+            f"tracing graph {spec.name!r} failed (step 1/3 of compile): {first}",
+            "check that the checkpoint loads and runs in PyTorch; report the full error with --debug",
+        ) from e
+    return program.model
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """The exporter logs per-op warnings (e.g. missing torchvision) that mean nothing here."""
+    logger = logging.getLogger("torch.onnx")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def export_graphs(model: torch.nn.Module, exporter: FamilyExporter, on_graph=None) -> list[ExportedGraph]:
+    graphs = []
+    for spec in exporter.graph_specs(model.config):
+        if on_graph:
+            on_graph(spec)
+        graphs.append(ExportedGraph(spec, export_graph(exporter.graph_module(model, spec), spec, model.config)))
+    return graphs

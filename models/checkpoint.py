@@ -1,0 +1,119 @@
+"""Checkpoint folders: config.json (with "family") + model.safetensors.
+
+Never unpickles: weights go through safetensors only. Writes go to a temporary folder
+that is renamed into place, so a failed save leaves nothing half-written.
+"""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from edgeseq.errors import CheckpointError, ConfigError
+
+from .config import config_from_dict, config_to_dict, parse_overrides
+from .registry import family_spec
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def make_config(family: str, preset: str | None = None, overrides: dict[str, str] | None = None):
+    """A config from a named preset plus key=value overrides, validated."""
+    spec = family_spec(family)
+    preset = preset or spec.default_preset
+    if preset not in spec.presets:
+        raise ConfigError(
+            f"unknown {family} preset {preset!r}", f"choose one of: {', '.join(spec.presets)}"
+        )
+    values: dict[str, Any] = dict(spec.presets[preset])
+    values.update(overrides or {})
+    return config_from_dict(spec.config_class, values, family)
+
+
+def init_checkpoint(
+    family: str, out: str | Path, preset: str | None = None, sets: list[str] | tuple = (),
+    seed: int = 0, force: bool = False,
+) -> Path:
+    """Write a random-init checkpoint of a preset (with --set overrides) to `out`."""
+    config = make_config(family, preset, parse_overrides(list(sets)))
+    torch.manual_seed(seed)
+    model = family_spec(family).model_class(config)
+    return save_checkpoint(model, family, out, force=force)
+
+
+def save_checkpoint(model: torch.nn.Module, family: str, out: str | Path, force: bool = False) -> Path:
+    out = Path(out)
+    if out.exists() and not force:
+        raise CheckpointError(f"{out} already exists", "choose another -o folder or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / CONFIG_FILE).write_text(json.dumps(config_to_dict(model.config, family), indent=2))
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_config(path: str | Path):
+    """(family, config) from a checkpoint folder's config.json."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a checkpoint folder", "pass a folder made by `edgeseq init` or training")
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path} is missing", "a checkpoint folder needs config.json and model.safetensors")
+    try:
+        raw = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config_path} is not valid JSON ({e})", "restore config.json from the original checkpoint") from e
+    if not isinstance(raw, dict) or "family" not in raw:
+        raise CheckpointError(f'{config_path} has no "family" key', 'add "family": "red" (or the model\'s family)')
+    family = raw["family"]
+    try:
+        config = config_from_dict(family_spec(family).config_class, raw, family)
+    except ConfigError as e:
+        raise CheckpointError(f"{config_path}: {e.problem}", e.fix) from e
+    return family, config
+
+
+def load_checkpoint(path: str | Path) -> tuple[str, torch.nn.Module]:
+    """(family, model in eval mode) from a checkpoint folder; strict about every weight."""
+    path = Path(path)
+    family, config = read_config(path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing", "a checkpoint folder needs model.safetensors beside config.json")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({e})", "re-save the checkpoint") from e
+    model = family_spec(family).model_class(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad_shapes = [k for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or bad_shapes:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad_shapes))
+            if keys
+        )
+        raise CheckpointError(
+            f"{weights} does not match config.json ({detail})",
+            "re-save the checkpoint from the model that config.json describes",
+        )
+    model.load_state_dict(state)
+    return family, model.eval()

@@ -1,0 +1,94 @@
+"""Transformer building blocks shared by the model families.
+
+Weights of linear maps are stored as [in, out], the layout ONNX MatMul reads: the
+exporter then keeps them as named initializers instead of folding a transpose into an
+anonymous copy, which is what lets weights shared between graphs be stored once.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NEG_INF = torch.finfo(torch.float32).min
+
+
+class Linear(nn.Module):
+    """y = x @ weight + bias with weight stored as [in, out]."""
+
+    def __init__(self, d_in: int, d_out: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(d_in, d_out) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x @ self.weight
+        return y + self.bias if self.bias is not None else y
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward block (GELU)."""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.up = Linear(d_model, d_ff)
+        self.down = Linear(d_ff, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[B, T, D] -> [B, H, T, D/H]."""
+    b, t, d = x.shape
+    return x.view(b, t, n_heads, d // n_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, T, Dh] -> [B, T, H*Dh]."""
+    b, h, t, dh = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * dh)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Masked softmax attention.
+
+    q: [B, H, Tq, Dh], k/v: [B, H, Tk, Dh], allowed: bool broadcastable to [B, H, Tq, Tk].
+    Written out (no SDPA) so the ONNX graph is plain MatMul/Softmax on every exporter and
+    every row is guaranteed at least one allowed key by the callers.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~allowed, NEG_INF)
+    return torch.matmul(scores.softmax(dim=-1), v)
+
+
+def causal_allowed(n_new: int, n_past: int | torch.Tensor, device=None) -> torch.Tensor:
+    """Bool [n_new, n_past + n_new]: new token i (at absolute index n_past + i) sees j <= that."""
+    rows = torch.arange(n_new, device=device).unsqueeze(1) + n_past
+    cols = torch.arange(n_past + n_new, device=device).unsqueeze(0)
+    return cols <= rows
+
+
+class AttentionProjections(nn.Module):
+    """Query/key/value/output projections of one multi-head attention sublayer."""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.q = Linear(d_model, d_model)
+        self.k = Linear(d_model, d_model)
+        self.v = Linear(d_model, d_model)
+        self.o = Linear(d_model, d_model)
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [B, T, D] -> k, v: [B, H, T, Dh]."""
+        return split_heads(self.k(x), self.n_heads), split_heads(self.v(x), self.n_heads)
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        return split_heads(self.q(x), self.n_heads)
+
+    def output(self, context: torch.Tensor) -> torch.Tensor:
+        return self.o(merge_heads(context))

@@ -1,0 +1,30 @@
+"""ONNX -> ONNX rewrites on onnx-ir models, one pass per file, combined per family.
+
+Every family gets the common clean-up (unused nodes and opsets, topological order, a
+checker); family-specific passes (stage splitting, pruned-unit stripping) join the
+list for their family.
+"""
+
+import onnx_ir as ir
+from onnx_ir.passes import common
+
+from edgeseq.errors import PassError
+
+
+def passes_for(family: str) -> list[ir.passes.PassBase]:
+    return [
+        common.RemoveUnusedNodesPass(),
+        common.RemoveUnusedOpsetsPass(),
+        common.TopologicalSortPass(),
+        # last: the exporter's per-node stack traces triple the graph files and mean
+        # nothing at deploy time (passes that need name scopes run before this one)
+        common.ClearMetadataAndDocStringPass(),
+    ]
+
+
+def run_passes(model: ir.Model, family: str, graph_name: str) -> ir.Model:
+    manager = ir.passes.PassManager(passes_for(family))
+    try:
+        return manager(model).model
+    except (ir.passes.PassError, ValueError) as e:
+        raise PassError(f"graph {graph_name!r}: {e}", "this is an edgeseq bug: report it with the checkpoint config") from e

@@ -1,0 +1,84 @@
+"""ONNX Runtime backend: one session per graph, created up front, weights loaded once.
+
+The weights file is memory-mapped once; each distinct tensor becomes one OrtValue that
+every session which names it receives through `add_initializer`, so a weight shared by
+the encoder and the decoder (RED's share_parameters) is read and held once.
+"""
+
+import os
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from edgeseq.errors import LoadError
+
+from .artifact import WEIGHTS_FILE, Artifact
+
+TARGETS = {
+    "ort-cpu": ["CPUExecutionProvider"],
+    "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "ort-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+PLANNED_TARGETS = ("tensorrt",)
+
+
+def check_target(target: str) -> list[str]:
+    """Execution providers for a target, or a clear error saying what is available here."""
+    if target in PLANNED_TARGETS:
+        raise LoadError(f"target {target!r} (native TensorRT engines) is not available yet", "use --target ort-cpu")
+    if target not in TARGETS:
+        raise LoadError(f"unknown target {target!r}", f"choose one of: {', '.join([*TARGETS, *PLANNED_TARGETS])}")
+    providers = TARGETS[target]
+    if providers[0] not in ort.get_available_providers():
+        raise LoadError(
+            f"target {target!r} needs {providers[0]}, which this onnxruntime build lacks",
+            "install edgeseq[gpu] on a CUDA machine, or use --target ort-cpu",
+        )
+    return providers
+
+
+def load_weights(artifact: Artifact) -> dict[str, ort.OrtValue]:
+    """One OrtValue per distinct tensor of the weights file, keyed by its manifest key."""
+    weights = artifact.manifest.get("weights", {"tensors": {}})
+    if not weights["tensors"]:
+        return {}
+    # copy-on-write mapping: ORT needs a writable buffer, nothing ever writes to it
+    blob = np.memmap(artifact.file(WEIGHTS_FILE), dtype=np.uint8, mode="c")
+    values = {}
+    for key, t in weights["tensors"].items():
+        raw = blob[t["offset"] : t["offset"] + t["bytes"]]
+        values[key] = ort.OrtValue.ortvalue_from_numpy(raw.view(np.dtype(t["dtype"])).reshape(t["shape"]))
+    return values
+
+
+class OrtBackend:
+    """Sessions for every graph of an artifact; `run` is safe to call from many threads."""
+
+    def __init__(self, artifact: Artifact, target: str = "ort-cpu", threads: int | None = None,
+                 threads_per_graph: dict[str, int] | None = None):
+        self.providers = check_target(target)
+        self.artifact = artifact
+        self.weights = load_weights(artifact)  # kept alive: the sessions use this memory in place
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        threads = threads or os.cpu_count() or 1
+        for name, graph in artifact.manifest["graphs"].items():
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = (threads_per_graph or {}).get(name, threads)
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            for init_name, key in graph.get("initializers", {}).items():
+                options.add_initializer(init_name, self.weights[key])
+            try:
+                self.sessions[name] = ort.InferenceSession(
+                    str(artifact.file(graph["file"])), sess_options=options, providers=self.providers
+                )
+            except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+                raise LoadError(f"ONNX Runtime could not load graph {name!r}: {e}", "recompile the artifact") from e
+        self.output_names = {n: [o.name for o in s.get_outputs()] for n, s in self.sessions.items()}
+
+    def run(self, graph: str, feeds: dict[str, Any]) -> list[ort.OrtValue]:
+        """Run one graph; feeds are OrtValues or numpy arrays; outputs stay OrtValues."""
+        values = {k: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
+        return self.sessions[graph].run_with_ort_values(self.output_names[graph], values)
