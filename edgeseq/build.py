@@ -77,6 +77,17 @@ def matmul_weight_elements(model: ir.Model) -> int:
     return total
 
 
+def bytes_read_per_token(model: ir.Model) -> int:
+    """Weight bytes one decode step reads at batch 1: every initializer except lookup tables,
+    of which a Gather reads one row (negligible)."""
+    total = 0
+    for value in model.graph.initializers.values():
+        consumers = [node.op_type for node, _ in value.uses()]
+        if value.const_value is not None and consumers and any(op != "Gather" for op in consumers):
+            total += value.const_value.nbytes
+    return total
+
+
 def write_artifact(
     folder: Path,
     family: str,
@@ -106,6 +117,7 @@ def write_artifact(
         "weight_bytes": int(sum(t["bytes"] for t in store.tensors.values())),
         "weight_bytes_per_graph": per_graph_bytes,
         # at batch 1 the decoder step multiplies each weight once: 2 FLOPs per element
+        "weight_bytes_per_token": sum(bytes_read_per_token(g.model) for g in step_graphs),
         "flops_per_token": 2 * sum(matmul_weight_elements(g.model) for g in step_graphs),
         "attention_flops_per_context_token": 4 * model_config["d_model"] * model_config["n_layers"],
         "sequential_depth_per_token": depth_per_token,

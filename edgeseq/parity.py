@@ -6,11 +6,13 @@ difference against the family's atol), and greedy tokens decoded independently b
 was at a near-tie (top-2 margin within 2*atol) at the first differing step.
 """
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from edgeseq.errors import CheckpointError
 from edgeseq.runtimes.encoder_decoder import EncoderDecoderModel
 
 
@@ -83,3 +85,19 @@ def encoder_decoder_parity(
 
 
 PARITY_CHECKS = {"red": encoder_decoder_parity}
+
+
+def parity_report(artifact: str | Path, reference: str | Path, steps: int = 64) -> dict[str, Any]:
+    """`edgeseq parity`: load both sides and run the family's parity check."""
+    from edgeseq.exporters import exporter_for
+    from edgeseq.models.checkpoint import load_checkpoint
+    from edgeseq.runtimes import load
+
+    runtime = load(artifact)
+    family, model = load_checkpoint(reference)
+    if family != runtime.artifact.family:
+        raise CheckpointError(
+            f"reference is a {family} checkpoint but the artifact is {runtime.artifact.family}",
+            "pass the checkpoint the artifact was compiled from",
+        )
+    return PARITY_CHECKS[family](runtime, model, exporter_for(family).atol, steps=steps)

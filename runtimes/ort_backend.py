@@ -68,6 +68,9 @@ class OrtBackend:
             options.intra_op_num_threads = (threads_per_graph or {}).get(name, threads)
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
+            # idle intra-op threads must not spin: they would steal the cores from
+            # concurrent stages, other requests, or whatever else the service runs
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             for init_name, key in graph.get("initializers", {}).items():
                 options.add_initializer(init_name, self.weights[key])
             try:

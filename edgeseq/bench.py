@@ -1,0 +1,168 @@
+"""`edgeseq bench`: prefill latency, decode tokens/s, memory, and the memory-bandwidth roofline.
+
+Every figure is measured side by side in one run: the engines alternate round by round
+(so a noisy neighbour hurts both alike) and each figure is the median over rounds.
+Decode time per step is (T(N tokens) - T(1 token)) / (N - 1), which removes prefill and
+first-step costs. Both engines use the same thread count (default 1: at batch 1 a
+small model's step is too short for a thread pool to pay off on a 2-core box). At batch 1 a decode step reads every weight once, so tokens/s can
+never exceed bandwidth / weight bytes per token; each row reports its fraction of that.
+"""
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseq.runtimes import load
+
+
+def measure_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """Memory bandwidth in GB/s from a large copy (bytes read + bytes written), best of N."""
+    src = np.ones(megabytes * (1 << 20) // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.nbytes / best / 1e9
+
+
+def resident_mb() -> float:
+    """Current resident set size of this process in MiB (Linux), else peak RSS."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Engine:
+    """One thing to time: `encode(rows)` and `generate(rows, n)` over the same inputs."""
+
+    name: str
+    encode: Callable
+    generate: Callable
+
+
+class OrtEngine(Engine):
+    def __init__(self, path: Path, threads: int):
+        self.name = "edgeseq (onnxruntime)"
+        self.model = load(path, threads=threads)
+        self.encode = self.model.encode
+        self.generate = lambda rows, n: self.model.generate(rows, max_new_tokens=n, stop_tokens=[])
+
+
+class TorchEngine(Engine):
+    def __init__(self, checkpoint: Path, threads: int):
+        import torch
+
+        from edgeseq.models.checkpoint import load_checkpoint
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.name = "PyTorch eager"
+        _, self.model = load_checkpoint(checkpoint)
+
+    def _tensors(self, rows):
+        ids = self.torch.tensor(rows)
+        return ids, self.torch.ones_like(ids)
+
+    def encode(self, rows):
+        with self.torch.inference_mode():
+            return self.model.encode(*self._tensors(rows))
+
+    def generate(self, rows, n):
+        return self.model.generate_greedy(*self._tensors(rows), n)
+
+
+def _timed(fn: Callable, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def bench_artifact(
+    path: str | Path,
+    vs_torch: str | Path | None = None,
+    source_len: int = 32,
+    new_tokens: int = 64,
+    batches: tuple[int, ...] = (1, 8),
+    rounds: int = 5,
+    threads: int | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    say = on_progress or (lambda _: None)
+    threads = threads or 1
+    rss_before = resident_mb()
+    ort_engine = OrtEngine(Path(path), threads)
+    config = ort_engine.model.config
+    new_tokens = max(2, min(new_tokens, config["max_positions"] - source_len))
+    engines: list[Engine] = [ort_engine]
+    rng = np.random.default_rng(0)
+    rows = {b: rng.integers(3, config["vocab_size"], size=(b, source_len)).tolist() for b in batches}
+    # warm up (first runs allocate arenas), then measure the runtime's resident memory
+    ort_engine.generate(rows[max(batches)], 4)
+    ort_resident = resident_mb() - rss_before
+    resident = {ort_engine.name: ort_resident}
+    if vs_torch:
+        say("loading PyTorch reference")
+        before = resident_mb()
+        torch_engine = TorchEngine(Path(vs_torch), threads)
+        torch_engine.generate(rows[max(batches)], 4)
+        resident[torch_engine.name] = resident_mb() - before
+        engines.append(torch_engine)
+    samples: dict[str, dict[str, list[float]]] = {e.name: {} for e in engines}
+    for r in range(rounds):
+        say(f"round {r + 1}/{rounds}")
+        for engine in engines:
+            s = samples[engine.name]
+            s.setdefault("prefill_ms", []).append(1000 * _timed(engine.encode, rows[1]))
+            for b in batches:
+                t_one = _timed(engine.generate, rows[b], 1)
+                t_all = _timed(engine.generate, rows[b], new_tokens)
+                s.setdefault(f"decode_tok_s_b{b}", []).append(b * (new_tokens - 1) / max(t_all - t_one, 1e-9))
+    say("measuring memory bandwidth")
+    bandwidth = measure_bandwidth()
+    bytes_per_token = ort_engine.model.artifact.manifest["stats"]["weight_bytes_per_token"]
+    roofline = bandwidth * 1e9 / bytes_per_token
+    results = []
+    for engine in engines:
+        row = {k: statistics.median(v) for k, v in samples[engine.name].items()}
+        row["engine"] = engine.name
+        row["resident_mb"] = resident[engine.name]
+        row["roofline_fraction_b1"] = row["decode_tok_s_b1"] / roofline
+        results.append(row)
+    report = {
+        "artifact": str(path),
+        "family": ort_engine.model.artifact.family,
+        "threads": threads,
+        "source_len": source_len,
+        "new_tokens": new_tokens,
+        "rounds": rounds,
+        "bandwidth_gb_s": bandwidth,
+        "weight_bytes_per_token": bytes_per_token,
+        "roofline_tok_s_b1": roofline,
+        "peak_rss_mb": peak_rss_mb(),
+        "results": results,
+    }
+    if vs_torch:
+        ort_row, torch_row = results
+        report["speedup_vs_torch"] = {
+            k: ort_row[k] / torch_row[k] for k in ort_row if k.startswith("decode_tok_s")
+        } | {"prefill": torch_row["prefill_ms"] / ort_row["prefill_ms"]}
+    return report

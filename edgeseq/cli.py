@@ -1,0 +1,267 @@
+"""The `edgeseq` command line: thin click shells over Python functions a service can call too.
+
+Every command that reports takes --json. Errors raised on purpose (EdgeseqError) print
+as one line on stderr with a non-zero exit and no traceback (--debug shows it).
+torch is imported only by commands that need it, so `generate` and `inspect` run on an
+edge box with numpy and onnxruntime alone.
+"""
+
+import functools
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from edgeseq import __version__
+from edgeseq.errors import EdgeseqError, GenerateError
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        try:
+            return fn(*args, **kwargs)
+        except EdgeseqError as e:
+            if ctx.find_root().params.get("debug"):
+                raise
+            err_console.print(f"[bold red]error[/] {e.one_line()}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            sys.exit(130)
+
+    return wrapper
+
+
+@contextmanager
+def stage_status(enabled: bool, title: str):
+    """A spinner naming the current stage; silent with --json or when not on a terminal."""
+    if not enabled:
+        yield lambda _: None
+        return
+    with err_console.status(title) as status:
+        yield lambda text: status.update(f"{title}: {text}")
+
+
+def group_names(tensors) -> str:
+    """'past_key.0', 'past_key.1', ... -> 'past_key.{0..1}': per-layer names on one line."""
+    groups: dict[str, list[str]] = {}
+    for t in tensors:
+        stem, dot, index = t["name"].rpartition(".")
+        key = stem if dot and index.isdigit() else t["name"]
+        groups.setdefault(key, []).append(index if dot and index.isdigit() else "")
+    return ", ".join(k if idx == [""] else f"{k}.{{{idx[0]}..{idx[-1]}}}" for k, idx in groups.items())
+
+
+def emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=float))
+
+
+@click.group()
+@click.version_option(__version__, prog_name="edgeseq")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+def cli(debug):
+    """ONNX export and edge-deployment compiler for RED, NASH, StagFormer and PASTA."""
+
+
+@cli.command()
+@click.argument("family")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
+@click.option("--preset", default=None, help="Named size (tiny, small, base). Default: the family's smallest.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config value; repeatable.")
+@click.option("--seed", default=0, show_default=True, help="Random-init seed.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the written config as JSON.")
+@handle_errors
+def init(family, out, preset, sets, seed, force, as_json):
+    """Write a random-init checkpoint of FAMILY (config.json + model.safetensors)."""
+    from edgeseq.models.checkpoint import init_checkpoint, read_config
+    from edgeseq.models.config import config_to_dict
+
+    path = init_checkpoint(family, out, preset, sets, seed=seed, force=force)
+    fam, config = read_config(path)
+    if as_json:
+        emit_json({"checkpoint": str(path), "config": config_to_dict(config, fam)})
+    else:
+        out_console.print(f"wrote {fam} checkpoint to {path}")
+
+
+@cli.command(name="compile")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
+@click.option("--target", default="ort-cpu", show_default=True, help="ort-cpu (ort-cuda, ort-tensorrt, tensorrt: not yet).")
+@click.option("--precision", default="fp32", show_default=True, help="fp32 (fp16, bf16: not yet).")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check parity against PyTorch.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
+@handle_errors
+def compile_cmd(checkpoint, out, target, precision, verify, force, as_json):
+    """Export CHECKPOINT to ONNX, run the graph passes, write an artifact, check parity."""
+    from edgeseq.pipeline import compile_checkpoint
+
+    with stage_status(not as_json, f"compiling {checkpoint}") as say:
+        manifest = compile_checkpoint(checkpoint, out, target, precision, verify, force, on_stage=say)
+    parity = manifest["parity"]
+    if as_json:
+        emit_json({"artifact": str(out), "family": manifest["family"], "stats": manifest["stats"], "parity": parity})
+        return
+    out_console.print(f"wrote {manifest['family']} artifact to {out} ({manifest['stats']['weight_bytes'] / 1e6:.2f} MB of weights)")
+    if parity:
+        out_console.print(
+            f"parity vs PyTorch: max |logit diff| {parity['max_abs_logit_diff']:.2e} (atol {parity['atol']:.0e}), "
+            f"greedy agreement {parity['greedy_token_agreement']:.3f} over {parity['steps']} steps"
+        )
+
+
+def parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise GenerateError(f"--input-ids {text!r} is not a list of integers", 'write token ids like --input-ids "5 17 3"') from None
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--input-ids", "inputs", multiple=True, required=True, help='Source token ids, e.g. "5 17 3"; repeat for a batch.')
+@click.option("--max-new-tokens", default=32, show_default=True)
+@click.option("--do-sample", is_flag=True, help="Sample instead of greedy decoding.")
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--top-k", default=0, show_default=True, help="0 disables.")
+@click.option("--top-p", default=1.0, show_default=True, help="1.0 disables.")
+@click.option("--seed", default=None, type=int, help="Sampling seed.")
+@click.option("--stop-token", "stop_tokens", multiple=True, type=int, help="Stop ids (default: the model's eos).")
+@click.option("--target", default="ort-cpu", show_default=True)
+@click.option("--threads", default=None, type=int, help="Intra-op threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def generate(artifact, inputs, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_tokens, target, threads, as_json):
+    """Generate tokens from a compiled ARTIFACT."""
+    from edgeseq.runtimes import SamplingOptions, load
+
+    rows = [parse_ids(text) for text in inputs]
+    model = load(artifact, target=target, threads=threads)
+    sampling = SamplingOptions(do_sample, temperature, top_k, top_p, seed)
+    result = model.generate(rows, max_new_tokens, list(stop_tokens) or None, sampling)
+    if as_json:
+        emit_json({"tokens": result.tokens})
+    else:
+        for row in result.tokens:
+            click.echo(" ".join(map(str, row)))
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--reference", required=True, type=click.Path(path_type=Path), help="The PyTorch checkpoint compiled.")
+@click.option("--steps", default=64, show_default=True, help="Decode steps per case.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def parity(artifact, reference, steps, as_json):
+    """Compare ARTIFACT with its PyTorch checkpoint: logit differences and greedy agreement."""
+    from edgeseq.parity import parity_report
+
+    with stage_status(not as_json, "checking parity"):
+        report = parity_report(artifact, reference, steps)
+    if as_json:
+        emit_json(report)
+    else:
+        table = Table("source lengths", "max |logit diff|", "greedy agreement")
+        for case in report["cases"]:
+            table.add_row(str(case["source_lengths"]), f"{case['max_abs_logit_diff']:.2e}", f"{case['greedy_token_agreement']:.3f}")
+        out_console.print(table)
+        verdict = "[green]PASS[/]" if report["passed"] else "[red]FAIL[/]"
+        out_console.print(f"{verdict} max |logit diff| {report['max_abs_logit_diff']:.2e} (atol {report['atol']:.0e}), {report['steps']} steps")
+    if not report["passed"]:
+        sys.exit(1)
+
+
+@cli.command(name="inspect")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def inspect_cmd(artifact, as_json):
+    """Show an ARTIFACT's graphs, inputs/outputs, parameters, sizes, FLOPs and depth per token."""
+    from edgeseq.inspect import inspect_artifact
+
+    info = inspect_artifact(artifact)
+    if as_json:
+        emit_json(info)
+        return
+    s = info["stats"]
+    out_console.print(f"[bold]{info['family']}[/] artifact {info['path']} (format {info['format_version']}, {info['target']}, {info['precision']})")
+    table = Table("graph", "file MB", "weights MB", "inputs", "outputs")
+    for name, g in info["graphs"].items():
+        table.add_row(
+            name, f"{g['file_bytes'] / 1e6:.3f}", f"{g['weight_bytes'] / 1e6:.3f}",
+            group_names(g["inputs"]), group_names(g["outputs"]),
+        )
+    out_console.print(table)
+    out_console.print(
+        f"parameters {s['parameters']:,} ({s['weight_bytes'] / 1e6:.2f} MB stored once), "
+        f"artifact {info['total_bytes'] / 1e6:.2f} MB\n"
+        f"per generated token: {s['flops_per_token'] / 1e6:.2f} MFLOPs in weights "
+        f"+ {s['attention_flops_per_context_token']} FLOPs per context token in attention, "
+        f"{s['weight_bytes_per_token'] / 1e6:.2f} MB of weights read, "
+        f"sequential depth {s['sequential_depth_per_token']} layers"
+    )
+    for stage in info["schedule"]:
+        out_console.print(f"stage {stage['stage']}: {', '.join(stage['graphs'])} ({stage['runs']})")
+    if info["parity"]:
+        p = info["parity"]
+        out_console.print(f"parity at compile: max |logit diff| {p['max_abs_logit_diff']:.2e}, greedy agreement {p['greedy_token_agreement']:.3f}")
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--vs-torch", type=click.Path(path_type=Path), default=None, help="Checkpoint to time in PyTorch eager, same run.")
+@click.option("--source-len", default=32, show_default=True)
+@click.option("--new-tokens", default=64, show_default=True)
+@click.option("--rounds", default=5, show_default=True, help="Alternating rounds; figures are medians.")
+@click.option("--threads", default=1, show_default=True, type=int, help="Intra-op threads for every engine.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, as_json):
+    """Time prefill and decode of ARTIFACT (optionally against PyTorch eager), with the roofline."""
+    from edgeseq.bench import bench_artifact
+
+    with stage_status(not as_json, "benchmarking") as say:
+        report = bench_artifact(artifact, vs_torch, source_len, new_tokens, rounds=rounds, threads=threads, on_progress=say)
+    if as_json:
+        emit_json(report)
+        return
+    print_bench(report)
+
+
+def print_bench(report) -> None:
+    table = Table("engine", "prefill ms", "decode tok/s b1", "decode tok/s b8", "resident MB", "roofline b1")
+    for r in report["results"]:
+        table.add_row(
+            r["engine"], f"{r['prefill_ms']:.2f}", f"{r['decode_tok_s_b1']:.0f}", f"{r['decode_tok_s_b8']:.0f}",
+            f"{r['resident_mb']:.0f}", f"{100 * r['roofline_fraction_b1']:.0f}%",
+        )
+    out_console.print(table)
+    out_console.print(
+        f"{report['threads']} threads, source {report['source_len']}, {report['new_tokens']} new tokens, "
+        f"{report['rounds']} rounds (medians); bandwidth {report['bandwidth_gb_s']:.1f} GB/s, "
+        f"{report['weight_bytes_per_token'] / 1e6:.2f} MB weights/token -> roofline {report['roofline_tok_s_b1']:.0f} tok/s at b1"
+    )
+    if "speedup_vs_torch" in report:
+        s = report["speedup_vs_torch"]
+        out_console.print(
+            f"vs PyTorch eager: decode b1 {s['decode_tok_s_b1']:.2f}x, b8 {s['decode_tok_s_b8']:.2f}x, prefill {s['prefill']:.2f}x"
+        )
+
+
+def main():
+    cli(prog_name="edgeseq")
+
+
+if __name__ == "__main__":
+    main()

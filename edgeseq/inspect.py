@@ -1,0 +1,41 @@
+"""`edgeseq inspect`: what an artifact holds, read from its manifest (torch-free, onnx-free)."""
+
+from pathlib import Path
+from typing import Any
+
+from edgeseq.runtimes.artifact import read_artifact
+
+
+def inspect_artifact(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    artifact = read_artifact(path, verify=verify)
+    m = artifact.manifest
+    files = m["files"]
+    graphs = {
+        name: {
+            "role": g["role"],
+            "file": g["file"],
+            "file_bytes": files[g["file"]]["bytes"],
+            "inputs": g["inputs"],
+            "outputs": g["outputs"],
+            "weights": len(g.get("initializers", {})),
+            "weight_bytes": m["stats"]["weight_bytes_per_graph"].get(name, 0),
+        }
+        for name, g in m["graphs"].items()
+    }
+    parity = m.get("parity") or {}
+    return {
+        "path": str(artifact.path),
+        "family": m["family"],
+        "format_version": m["format_version"],
+        "edgeseq_version": m.get("edgeseq_version"),
+        "target": m["target"],
+        "precision": m["precision"],
+        "model_config": m["model_config"],
+        "graphs": graphs,
+        "schedule": m.get("schedule", []),
+        "stats": m["stats"],
+        "files": {name: f["bytes"] for name, f in files.items()},
+        "total_bytes": sum(f["bytes"] for f in files.values()),
+        "parity": {k: parity[k] for k in ("max_abs_logit_diff", "greedy_token_agreement", "atol", "passed") if k in parity}
+        or None,
+    }

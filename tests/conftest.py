@@ -1,0 +1,47 @@
+"""Shared fixtures: checkpoints and compiled artifacts, built once per test session per config."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeseq.models.checkpoint import make_config, save_checkpoint
+from edgeseq.models.red import RedModel
+from edgeseq.pipeline import compile_checkpoint
+
+ALL_ON = dict(
+    unidirectional_cross_attention=True, causal_encoder=True, share_parameters=True,
+    layerwise_coordination=True, consecutive_positions=True,
+)
+ALL_OFF = {k: False for k in ALL_ON}
+
+# tiny but not degenerate: 2 layers, heads > 1, a vocabulary bigger than the specials
+TEST_SIZE = dict(vocab_size=48, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_positions=160)
+
+
+def red_model(seed: int = 0, **overrides) -> RedModel:
+    config = make_config("red", "tiny", {**TEST_SIZE, **overrides})
+    torch.manual_seed(seed)
+    return RedModel(config).eval()
+
+
+class ArtifactCache:
+    """Compile each distinct (config, seed) once per session; tests share the folders."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def get(self, seed: int = 0, verify: bool = True, **overrides) -> tuple[Path, Path]:
+        key = hashlib.sha1(json.dumps([seed, verify, sorted(overrides.items())]).encode()).hexdigest()[:10]
+        ckpt, art = self.root / f"ckpt-{key}", self.root / f"art-{key}"
+        if not art.exists():
+            save_checkpoint(red_model(seed, **overrides), "red", ckpt, force=True)
+            compile_checkpoint(ckpt, art, verify=verify)
+        return ckpt, art
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> ArtifactCache:
+    return ArtifactCache(tmp_path_factory.mktemp("artifacts"))
