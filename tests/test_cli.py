@@ -1,0 +1,119 @@
+"""The CLI end to end, and every bad input it promises a one-line error for."""
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import ALL_ON
+from edgeseq.cli import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code != 0, result.output
+    text = result.output.strip()
+    assert "Traceback" not in text and result.exception is None or isinstance(result.exception, SystemExit)
+    assert text.startswith("error"), text
+    assert len(text.splitlines()) <= 3, text  # one logical line (the console may wrap it)
+    for fragment in fragments:
+        assert fragment in " ".join(text.split()), text
+
+
+def test_init_compile_generate_parity_inspect_bench(tmp_path):
+    ckpt, art = tmp_path / "ckpt", tmp_path / "art"
+    r = run("init", "red", "-o", ckpt, "--set", "d_model=32", "--set", "n_heads=2", "--set", "vocab_size=40", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["config"]["d_model"] == 32
+    r = run("compile", ckpt, "-o", art, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["parity"]["passed"]
+    r = run("generate", art, "--input-ids", "5 17 3", "--input-ids", "9", "--max-new-tokens", "4", "--stop-token", "999", "--json")
+    assert r.exit_code == 0, r.output
+    tokens = json.loads(r.output)["tokens"]
+    assert len(tokens) == 2 and all(len(t) == 4 for t in tokens)
+    r = run("generate", art, "--input-ids", "5 17 3", "--do-sample", "--seed", "4", "--top-p", "0.9", "--temperature", "0.7")
+    assert r.exit_code == 0, r.output
+    r = run("parity", art, "--reference", ckpt, "--steps", "16", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["greedy_token_agreement"] == 1.0
+    r = run("inspect", art, "--json")
+    info = json.loads(r.output)
+    assert set(info["graphs"]) == {"encoder", "decoder_step"}
+    assert info["stats"]["sequential_depth_per_token"] == 2 and info["stats"]["flops_per_token"] > 0
+    r = run("inspect", art)
+    assert r.exit_code == 0 and "sequential depth 2" in " ".join(r.output.split())
+    r = run("bench", art, "--vs-torch", ckpt, "--rounds", "1", "--new-tokens", "4", "--source-len", "4", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert len(report["results"]) == 2 and report["bandwidth_gb_s"] > 0
+    assert report["speedup_vs_torch"]["decode_tok_s_b1"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["init", "gpt9", "-o", "{tmp}/x"], ["unknown model family 'gpt9'", "red"]),
+        (["init", "red", "-o", "{tmp}/x", "--preset", "huge"], ["unknown red preset 'huge'", "tiny"]),
+        (["init", "red", "-o", "{tmp}/x", "--set", "colour=blue"], ["unknown red config key", "colour"]),
+        (["init", "red", "-o", "{tmp}/x", "--set", "d_model=wide"], ["d_model='wide' is not a int"]),
+        (["init", "red", "-o", "{tmp}/x", "--set", "share_parameters=maybe"], ["not a boolean"]),
+        (["init", "red", "-o", "{tmp}/x", "--set", "d_model"], ["not key=value"]),
+        (["init", "red", "-o", "{tmp}/x", "--set", "n_heads=3"], ["not divisible"]),
+        (["compile", "{tmp}/nothing", "-o", "{tmp}/x"], ["not a checkpoint folder"]),
+        (["generate", "{tmp}/nothing", "--input-ids", "1"], ["not an artifact folder"]),
+    ],
+)
+def test_bad_input_gets_one_line_error_and_writes_nothing(tmp_path, args, fragments):
+    result = run(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "x").exists()
+    assert list(tmp_path.iterdir()) == []  # no half-written or temporary folder either
+
+
+def test_bad_checkpoints_are_named(tmp_path, artifacts):
+    ckpt, _ = artifacts.get(**ALL_ON)
+    broken = tmp_path / "broken"
+    shutil.copytree(ckpt, broken)
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    assert_one_line_error(run("compile", broken, "-o", tmp_path / "a"), "not a readable safetensors file")
+    (broken / "model.safetensors").unlink()
+    assert_one_line_error(run("compile", broken, "-o", tmp_path / "a"), "model.safetensors is missing")
+    (broken / "config.json").write_text("{")
+    assert_one_line_error(run("compile", broken, "-o", tmp_path / "a"), "not valid JSON")
+    (broken / "config.json").write_text('{"d_model": 4}')
+    assert_one_line_error(run("compile", broken, "-o", tmp_path / "a"), 'no "family" key')
+    (broken / "config.json").write_text('{"family": "red", "d_model": 64, "n_heads": 4}')
+    shutil.copy(ckpt / "model.safetensors", broken / "model.safetensors")
+    assert_one_line_error(run("compile", broken, "-o", tmp_path / "a"), "does not match config.json")
+    assert not (tmp_path / "a").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
+
+
+def test_bad_generate_input_on_the_cli(artifacts):
+    _, art = artifacts.get(**ALL_ON)
+    assert_one_line_error(run("generate", art, "--input-ids", "5 x 3"), "not a list of integers")
+    assert_one_line_error(run("generate", art, "--input-ids", ""), "input row 0 is empty")
+    assert_one_line_error(run("generate", art, "--input-ids", "5 4000"), "outside the vocabulary")
+    assert_one_line_error(run("generate", art, "--input-ids", " ".join(["5"] * 200)), "longer than max_positions")
+    assert_one_line_error(run("generate", art, "--input-ids", "5", "--target", "tensorrt"), "not available yet")
+
+
+def test_altered_artifact_on_the_cli(artifacts, tmp_path):
+    _, art = artifacts.get(**ALL_ON)
+    copy = tmp_path / "art"
+    shutil.copytree(art, copy)
+    (copy / "encoder.onnx").write_bytes((copy / "encoder.onnx").read_bytes() + b" ")
+    assert_one_line_error(run("inspect", copy), "encoder.onnx", "altered")
+    assert_one_line_error(run("generate", copy, "--input-ids", "5"), "altered")
+
+
+def test_parity_against_the_wrong_checkpoint_fails(artifacts):
+    ckpt_other, _ = artifacts.get(seed=7, **ALL_ON)
+    _, art = artifacts.get(**ALL_ON)
+    result = run("parity", art, "--reference", ckpt_other, "--steps", "8")
+    assert result.exit_code == 1 and "FAIL" in result.output
