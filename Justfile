@@ -1,0 +1,22 @@
+# Task runner (just is installed by the dev extra: .venv/bin/just). Each recipe is also a plain script.
+
+# create .venv and install edgeseq with its dev extras
+setup:
+    bash scripts/setup.sh
+
+# train (or reuse) a tiny RED, compile it, run it on ONNX Runtime CPU
+demo *ARGS:
+    bash scripts/demo.sh {{ARGS}}
+
+# the test suite (fast grid); `just test -m slow` for the slow grids
+test *ARGS:
+    bash scripts/test.sh {{ARGS}}
+
+# the committed benchmarks; results land in benchmarks/results/
+bench:
+    bash scripts/setup.sh
+    .venv/bin/python benchmarks/red.py
+
+lint:
+    bash scripts/setup.sh
+    .venv/bin/ruff check .
