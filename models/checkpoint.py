@@ -55,8 +55,7 @@ def save_checkpoint(model: torch.nn.Module, family: str, out: str | Path, force:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / CONFIG_FILE).write_text(json.dumps(config_to_dict(model.config, family), indent=2))
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_FILE))
+        save_file(unique_state(model), str(tmp / WEIGHTS_FILE))
         tmp.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)
@@ -65,6 +64,13 @@ def save_checkpoint(model: torch.nn.Module, family: str, out: str | Path, force:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers under their first name only: weights a model shares between
+    modules (StagFormer's shared stacks) are saved once, and safetensors refuses aliases."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return {name: t.detach().contiguous() for name, t in named}
 
 
 def read_config(path: str | Path):
@@ -101,7 +107,7 @@ def load_checkpoint(path: str | Path) -> tuple[str, torch.nn.Module]:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights} is not a readable safetensors file ({e})", "re-save the checkpoint") from e
     model = family_spec(family).model_class(config)
-    expected = model.state_dict()
+    expected = unique_state(model)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     bad_shapes = [k for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
@@ -115,5 +121,5 @@ def load_checkpoint(path: str | Path) -> tuple[str, torch.nn.Module]:
             f"{weights} does not match config.json ({detail})",
             "re-save the checkpoint from the model that config.json describes",
         )
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)  # only aliases of loaded weights are absent
     return family, model.eval()

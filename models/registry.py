@@ -8,7 +8,7 @@ from typing import Any
 
 from edgeseq.errors import ConfigError
 
-from . import red
+from . import red, stagformer
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class FamilySpec:
 
 FAMILIES: dict[str, FamilySpec] = {
     "red": FamilySpec("red", red.RedConfig, red.RedModel, red.PRESETS, "tiny"),
+    "stagformer": FamilySpec(
+        "stagformer", stagformer.StagFormerConfig, stagformer.StagFormerModel, stagformer.PRESETS, "tiny"
+    ),
 }
 
 

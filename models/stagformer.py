@@ -1,0 +1,256 @@
+"""StagFormer: a decoder-only LM cut into p stacks staggered in time (DESIGN §1).
+
+Stack 1 is a causal transformer over the token embeddings. Stack k > 1 also reads the
+token embeddings, and each of its layers adds a cross-attention sublayer over stack
+k-1's final outputs at positions strictly before the current one, plus one learned null
+memory slot that every position sees. Logits come from the last stack.
+
+Decoding at cache index s: stack k needs stack k-1's output at s-1, produced in the
+previous step, so the stacks of one step are independent and can run concurrently. The
+caches make that explicit: each stack keeps its own self-attention cache and (k > 1) a
+cross-attention cache over stack k-1's outputs that lags one slot behind; every step
+appends the previous step's handoff `memory` to it.
+
+Batches are left-padded: `attention_mask` [B, T] marks real cache slots, `positions`
+carry each row's own token positions.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgeseq.errors import ConfigError
+
+from .layers import MLP, AttentionProjections, Linear, attend
+
+
+@dataclass
+class StagFormerConfig:
+    vocab_size: int = 32
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 4  # total over all stacks
+    n_stacks: int = 2  # p; 1 = a plain decoder-only LM (the baseline)
+    d_ff: int = 256
+    max_positions: int = 128
+    shared_weights: bool = False  # stacks share all weights but their cross-attention
+    cross_window: int = 0  # cross-attention sees the last w positions; 0 = all
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "n_stacks", "d_ff", "max_positions"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1", f"set {name} >= 1")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}", "choose n_heads that divides d_model"
+            )
+        if self.n_layers % self.n_stacks:
+            raise ConfigError(
+                f"n_layers={self.n_layers} cannot be cut into n_stacks={self.n_stacks} equal stacks",
+                "choose n_stacks that divides n_layers",
+            )
+        if not 0 <= self.cross_window <= self.max_positions:
+            raise ConfigError(
+                f"cross_window={self.cross_window} is outside [0, max_positions={self.max_positions}]",
+                "use 0 for no window, or a window no larger than max_positions",
+            )
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ConfigError(f"{name}={getattr(self, name)} is outside the vocabulary", f"set {name} below vocab_size")
+
+    @property
+    def layers_per_stack(self) -> int:
+        return self.n_layers // self.n_stacks
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": dict(vocab_size=32, d_model=64, n_heads=4, n_layers=4, n_stacks=2, d_ff=256, max_positions=128),
+    "edge": dict(vocab_size=512, d_model=256, n_heads=4, n_layers=8, n_stacks=2, d_ff=1024, max_positions=512),
+    "base": dict(vocab_size=8192, d_model=512, n_heads=8, n_layers=12, n_stacks=2, d_ff=2048, max_positions=1024),
+}
+
+
+class Block(nn.Module):
+    """Causal self-attention + MLP: the part of a layer that shared-weight stacks share."""
+
+    def __init__(self, c: StagFormerConfig):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(c.d_model)
+        self.attn = AttentionProjections(c.d_model, c.n_heads)
+        self.mlp_norm = nn.LayerNorm(c.d_model)
+        self.mlp = MLP(c.d_model, c.d_ff)
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention of stack k > 1 over stack k-1's earlier outputs, with a null slot."""
+
+    def __init__(self, c: StagFormerConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(c.d_model)
+        self.memory_norm = nn.LayerNorm(c.d_model)
+        self.proj = AttentionProjections(c.d_model, c.n_heads)
+
+    def memory_kv(self, memory: torch.Tensor):
+        """memory: [B, M, D] -> k, v: [B, H, M, Dh]."""
+        return self.proj.keys_values(self.memory_norm(memory))
+
+
+class Stack(nn.Module):
+    def __init__(self, c: StagFormerConfig, index: int, blocks: nn.ModuleList | None):
+        super().__init__()
+        self.index = index
+        # shared weights: every stack registers the same Block objects (stored once)
+        self.blocks = blocks if blocks is not None else nn.ModuleList(Block(c) for _ in range(c.layers_per_stack))
+        if index > 0:
+            self.cross = nn.ModuleList(CrossAttention(c) for _ in range(c.layers_per_stack))
+            self.null_memory = nn.Parameter(torch.randn(c.d_model) * 0.02)
+        if index == c.n_stacks - 1:  # the LM head runs in the last stack only
+            self.final_norm = nn.LayerNorm(c.d_model)
+            self.lm_head = Linear(c.d_model, c.vocab_size, bias=False)
+
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+class StagFormerModel(nn.Module):
+    def __init__(self, config: StagFormerConfig):
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.pos = nn.Embedding(c.max_positions, c.d_model)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
+        shared = nn.ModuleList(Block(c) for _ in range(c.layers_per_stack)) if c.shared_weights else None
+        self.stacks = nn.ModuleList(Stack(c, k, shared) for k in range(c.n_stacks))
+
+    # ----- one stack over Tn new tokens ----------------------------------------------------
+    def run_stack(
+        self,
+        k: int,
+        x: torch.Tensor,
+        self_allowed: torch.Tensor,
+        past: list[KV],
+        cross_allowed: torch.Tensor | None = None,
+        cross_past: list[KV] | None = None,
+        memory: torch.Tensor | None = None,
+    ):
+        """x: [B, Tn, D] token+position embeddings; past[l]: [B, H, T, Dh];
+        self_allowed: [B, 1, Tn, T+Tn]. For k > 0: cross_past[l]: [B, H, M, Dh] over stack
+        k-1's outputs, memory: [B, Mn, D] new outputs of stack k-1 to append,
+        cross_allowed: [B, 1, Tn, 1 + M + Mn] (slot 0 = null).
+        Returns the stack's output [B, Tn, D], its caches, its cross caches, logits (last stack).
+        """
+        stack = self.stacks[k]
+        presents, cross_presents = [], []
+        for l, block in enumerate(stack.blocks):
+            h = block.attn_norm(x)
+            k_new, v_new = block.attn.keys_values(h)
+            key = torch.cat([past[l][0], k_new], dim=2)
+            value = torch.cat([past[l][1], v_new], dim=2)
+            presents.append((key, value))
+            x = x + block.attn.output(attend(block.attn.query(h), key, value, self_allowed))
+            if k > 0:
+                cross = stack.cross[l]
+                mk, mv = cross.memory_kv(memory)
+                ck = torch.cat([cross_past[l][0], mk], dim=2)
+                cv = torch.cat([cross_past[l][1], mv], dim=2)
+                cross_presents.append((ck, cv))
+                nk, nv = cross.memory_kv(stack.null_memory.expand(x.shape[0], 1, -1))  # [B, H, 1, Dh]
+                q = cross.proj.query(cross.norm(x))
+                ctx = attend(q, torch.cat([nk, ck], dim=2), torch.cat([nv, cv], dim=2), cross_allowed)
+                x = x + cross.proj.output(ctx)
+            x = x + block.mlp(block.mlp_norm(x))
+        logits = stack.lm_head(stack.final_norm(x)) if k == self.config.n_stacks - 1 else None
+        return x, presents, cross_presents, logits
+
+    # ----- masks ---------------------------------------------------------------------------
+    def masks(self, attention_mask: torch.Tensor, n_new: int):
+        """attention_mask: [B, T+Tn] real cache slots. Returns self_allowed [B, 1, Tn, T+Tn] and
+        cross_allowed [B, 1, Tn, 1 + T+Tn-1] (null slot, then stack k-1's outputs at slots
+        0..T+Tn-2: new token at slot s sees slots t <= s-1, within the window)."""
+        total = attention_mask.shape[1]
+        valid = attention_mask.bool()[:, None, None, :]
+        rows = torch.arange(n_new, device=valid.device).unsqueeze(1) + (total - n_new)  # slot of each new token
+        cols = torch.arange(total, device=valid.device).unsqueeze(0)
+        self_allowed = valid & (cols <= rows)[None, None]
+        memory_cols = cols[:, :-1]
+        seen = memory_cols <= rows - 1
+        if self.config.cross_window:
+            seen = seen & (memory_cols >= rows - self.config.cross_window)
+        memory_allowed = valid[..., :-1] & seen[None, None]
+        null = torch.ones_like(memory_allowed[..., :1])
+        return self_allowed, torch.cat([null, memory_allowed], dim=-1)
+
+    # ----- whole-sequence pass (training, prefill, the parity reference) ---------------------
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor):
+        """Stacks one after another over the whole sequence (no cache).
+
+        Returns logits [B, N, V], per stack its self caches, per stack k > 0 its cross
+        caches over stack k-1's outputs at slots 0..N-2, and the handoffs: per stack k <
+        p-1, its output at the last slot [B, 1, D], which stack k+1 appends next step.
+        """
+        b, n = input_ids.shape
+        x0 = self.embed(input_ids) + self.pos(positions)
+        self_allowed, cross_allowed = self.masks(attention_mask, n)
+        c = self.config
+        empty = self.empty_cache(b)
+        previous = None
+        caches, cross_caches, handoffs = [], [], []
+        logits = None
+        for k in range(c.n_stacks):
+            memory = previous[:, :-1] if k > 0 else None  # stack k-1's outputs at slots 0..N-2
+            out, presents, cross_presents, logits_k = self.run_stack(
+                k, x0, self_allowed, empty, cross_allowed, empty if k > 0 else None, memory
+            )
+            caches.append(presents)
+            cross_caches.append(cross_presents)
+            if k < c.n_stacks - 1:
+                handoffs.append(out[:, -1:])
+            previous = out
+            logits = logits_k
+        return logits, caches, cross_caches, handoffs
+
+    def step(self, input_ids, positions, attention_mask, caches, cross_caches, memories):
+        """One staggered decode step over a single new token per row, every stack.
+
+        memories[k-1]: [B, 1, D] stack k-1's output from the previous step (for k > 0).
+        Stacks read nothing another stack computes in this step.
+        """
+        x0 = self.embed(input_ids) + self.pos(positions)
+        self_allowed, cross_allowed = self.masks(attention_mask, input_ids.shape[1])
+        outs, new_caches, new_cross, logits = [], [], [], None
+        for k in range(self.config.n_stacks):
+            out, presents, cross_presents, logits_k = self.run_stack(
+                k, x0, self_allowed, caches[k],
+                cross_allowed, cross_caches[k] if k > 0 else None, memories[k - 1] if k > 0 else None,
+            )
+            outs.append(out)
+            new_caches.append(presents)
+            new_cross.append(cross_presents)
+            if logits_k is not None:
+                logits = logits_k
+        return logits, new_caches, new_cross, outs[:-1]
+
+    def empty_cache(self, batch: int) -> list[KV]:
+        c = self.config
+        shape = (batch, c.n_heads, 0, c.d_model // c.n_heads)
+        return [(torch.zeros(shape), torch.zeros(shape)) for _ in range(c.layers_per_stack)]
+
+    @torch.inference_mode()
+    def generate_greedy(self, prompt: torch.Tensor, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference greedy decoding by whole-sequence passes (no caches): tokens, step logits."""
+        seq = prompt
+        tokens, logits = [], []
+        for _ in range(max_new_tokens):
+            n = seq.shape[1]
+            out, *_ = self(seq, torch.arange(n).expand(seq.shape[0], -1), torch.ones_like(seq))
+            logits.append(out[:, -1])
+            nxt = out[:, -1].argmax(-1, keepdim=True)
+            tokens.append(nxt)
+            seq = torch.cat([seq, nxt], dim=1)
+        return torch.cat(tokens, dim=1), torch.stack(logits, dim=1)
