@@ -111,7 +111,7 @@ def write_artifact(
             per_graph_bytes[g.spec.name] = sum(store.tensors[k]["bytes"] for k in set(initializers.values()))
     finally:
         store.close()
-    step_graphs = [g for g in graphs if g.spec.role in ("decoder_step", "step")]
+    step_graphs = [g for g in graphs if g.spec.role in ("decoder_step", "step", "stage")]
     stats = {
         "parameters": int(sum(np.prod(t["shape"]) for t in store.tensors.values())),
         "weight_bytes": int(sum(t["bytes"] for t in store.tensors.values())),
@@ -120,6 +120,7 @@ def write_artifact(
         "weight_bytes_per_token": sum(bytes_read_per_token(g.model) for g in step_graphs),
         "flops_per_token": 2 * sum(matmul_weight_elements(g.model) for g in step_graphs),
         "attention_flops_per_context_token": 4 * model_config["d_model"] * model_config["n_layers"],
+        "weight_bytes_per_token_per_graph": {g.spec.name: bytes_read_per_token(g.model) for g in step_graphs},
         "sequential_depth_per_token": depth_per_token,
     }
     manifest = {

@@ -15,17 +15,11 @@ from edgeseq.errors import BuildError, ParityError
 from edgeseq.exporters import export_graphs, exporter_for
 from edgeseq.models.checkpoint import load_checkpoint
 from edgeseq.models.config import config_to_dict
-from edgeseq.passes import run_passes
+from edgeseq.passes import run_passes, split_stagformer_steps
 from edgeseq.runtimes import load as load_artifact
 from edgeseq.runtimes.ort_backend import check_target
 
 PRECISIONS = {"fp32": "available", "fp16": "planned", "bf16": "planned"}
-
-ENCODER_DECODER_SCHEDULE = [
-    {"stage": "encode", "graphs": ["encoder"], "runs": "once per request"},
-    {"stage": "decode", "graphs": ["decoder_step"], "runs": "once per generated token"},
-]
-
 
 def check_build_options(target: str, precision: str) -> None:
     try:
@@ -46,6 +40,7 @@ def compile_checkpoint(
     verify: bool = True,
     force: bool = False,
     on_stage: Callable[[str], None] | None = None,
+    split: bool = True,
 ) -> dict[str, Any]:
     """Compile a checkpoint folder into an artifact folder; returns the manifest."""
     say = on_stage or (lambda _: None)
@@ -58,6 +53,8 @@ def compile_checkpoint(
     exporter = exporter_for(family)
     graphs = export_graphs(model, exporter, on_graph=lambda spec: say(f"exporting {spec.name}"))
     say("running graph passes")
+    if family == "stagformer" and split:
+        graphs = split_stagformer_steps(graphs, model.config.n_stacks)
     for g in graphs:
         g.model = run_passes(g.model, family, g.spec.name)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +65,7 @@ def compile_checkpoint(
         config.pop("family")
         manifest = write_artifact(
             tmp, family, config, graphs, target, precision,
-            ENCODER_DECODER_SCHEDULE, exporter.sequential_depth_per_token(model.config),
+            exporter.schedule(model.config, split), exporter.sequential_depth_per_token(model.config, split),
         )
         if verify:
             say("checking parity against PyTorch")

@@ -4,8 +4,9 @@ from edgeseq.errors import ConfigError
 
 from .base import ExportedGraph, FamilyExporter, GraphSpec, TensorSpec, export_graphs
 from .red import RedExporter
+from .stagformer import StagFormerExporter
 
-EXPORTERS: dict[str, FamilyExporter] = {"red": RedExporter()}
+EXPORTERS: dict[str, FamilyExporter] = {"red": RedExporter(), "stagformer": StagFormerExporter()}
 
 
 def exporter_for(family: str) -> FamilyExporter:

@@ -19,7 +19,13 @@ from edgeseq.errors import ExportError
 
 # Sizes used for the example inputs of each symbolic dim. None may be 0 or 1: the
 # exporter would specialise the graph to that size (DESIGN §4).
-EXAMPLE_DIM_SIZES = {"batch": 2, "source": 5, "past": 3, "new": 2}
+EXAMPLE_DIM_SIZES = {"batch": 2, "source": 5, "past": 3, "new": 2, "history": 3, "prompt": 5}
+
+
+def split_dim(d: str) -> tuple[str, int]:
+    """'history+2' -> ('history', 2): a dim derived from another by a constant offset."""
+    name, plus, offset = d.partition("+")
+    return name, int(offset) if plus else 0
 
 
 @dataclass(frozen=True)
@@ -74,13 +80,17 @@ class FamilyExporter:
     def graph_module(self, model: torch.nn.Module, spec: GraphSpec) -> torch.nn.Module:
         raise NotImplementedError
 
-    def sequential_depth_per_token(self, config) -> int:
+    def sequential_depth_per_token(self, config, split: bool) -> int:
         """Layers a generated token must pass through one after another."""
+        raise NotImplementedError
+
+    def schedule(self, config, split: bool) -> list[dict]:
+        """The stages the runtime runs, which graphs each uses, and how often."""
         raise NotImplementedError
 
 
 def example_input(t: TensorSpec, config, generator: torch.Generator) -> torch.Tensor:
-    shape = [EXAMPLE_DIM_SIZES[d] if isinstance(d, str) else d for d in t.dims]
+    shape = [EXAMPLE_DIM_SIZES[split_dim(d)[0]] + split_dim(d)[1] if isinstance(d, str) else d for d in t.dims]
     if t.example == "token_ids":
         return torch.randint(3, config.vocab_size, shape, generator=generator)
     if t.example == "positions":
@@ -98,7 +108,9 @@ def dynamic_shapes(spec: GraphSpec, module: torch.nn.Module) -> tuple:
         axes = {}
         for axis, d in enumerate(t.dims):
             if isinstance(d, str):
-                axes[axis] = dims.setdefault(d, torch.export.Dim(d, min=0))
+                name, offset = split_dim(d)
+                base = dims.setdefault(name, torch.export.Dim(name, min=0))
+                axes[axis] = base + offset if offset else base
         out.append(axes or None)
     params = inspect.signature(module.forward).parameters.values()
     if any(p.kind is p.VAR_POSITIONAL for p in params):

@@ -80,5 +80,11 @@ class RedExporter(FamilyExporter):
     def graph_module(self, model, spec):
         return {"encoder": RedEncoderGraph, "decoder_step": RedDecoderStepGraph}[spec.role](model)
 
-    def sequential_depth_per_token(self, config) -> int:
+    def sequential_depth_per_token(self, config, split: bool) -> int:
         return config.n_layers
+
+    def schedule(self, config, split: bool) -> list[dict]:
+        return [
+            {"stage": "encode", "graphs": ["encoder"], "runs": "once per request"},
+            {"stage": "decode", "graphs": ["decoder_step"], "runs": "once per generated token"},
+        ]

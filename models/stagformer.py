@@ -103,14 +103,55 @@ class Stack(nn.Module):
     def __init__(self, c: StagFormerConfig, index: int, blocks: nn.ModuleList | None):
         super().__init__()
         self.index = index
+        self.is_last = index == c.n_stacks - 1
         # shared weights: every stack registers the same Block objects (stored once)
         self.blocks = blocks if blocks is not None else nn.ModuleList(Block(c) for _ in range(c.layers_per_stack))
         if index > 0:
             self.cross = nn.ModuleList(CrossAttention(c) for _ in range(c.layers_per_stack))
             self.null_memory = nn.Parameter(torch.randn(c.d_model) * 0.02)
-        if index == c.n_stacks - 1:  # the LM head runs in the last stack only
+        if self.is_last:  # the LM head runs in the last stack only
             self.final_norm = nn.LayerNorm(c.d_model)
             self.lm_head = Linear(c.d_model, c.vocab_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        self_allowed: torch.Tensor,
+        past: list,
+        cross_allowed: torch.Tensor | None = None,
+        cross_past: list | None = None,
+        memory: torch.Tensor | None = None,
+    ):
+        """This stack over Tn new tokens. Everything it computes runs inside this module call,
+        so every exported node carries this stack's name scope (`stacks.k`).
+
+        x: [B, Tn, D] token+position embeddings; past[l]: [B, H, T, Dh];
+        self_allowed: [B, 1, Tn, T+Tn]. For k > 0: cross_past[l]: [B, H, M, Dh] over stack
+        k-1's outputs, memory: [B, Mn, D] new outputs of stack k-1 to append,
+        cross_allowed: [B, 1, Tn, 1 + M + Mn] (slot 0 = null).
+        Returns the stack's output [B, Tn, D], its caches, its cross caches, logits (last stack).
+        """
+        presents, cross_presents = [], []
+        for l, block in enumerate(self.blocks):
+            h = block.attn_norm(x)
+            k_new, v_new = block.attn.keys_values(h)
+            key = torch.cat([past[l][0], k_new], dim=2)
+            value = torch.cat([past[l][1], v_new], dim=2)
+            presents.append((key, value))
+            x = x + block.attn.output(attend(block.attn.query(h), key, value, self_allowed))
+            if self.index > 0:
+                cross = self.cross[l]
+                mk, mv = cross.memory_kv(memory)
+                ck = torch.cat([cross_past[l][0], mk], dim=2)
+                cv = torch.cat([cross_past[l][1], mv], dim=2)
+                cross_presents.append((ck, cv))
+                nk, nv = cross.memory_kv(self.null_memory.expand(x.shape[0], 1, -1))  # [B, H, 1, Dh]
+                q = cross.proj.query(cross.norm(x))
+                ctx = attend(q, torch.cat([nk, ck], dim=2), torch.cat([nv, cv], dim=2), cross_allowed)
+                x = x + cross.proj.output(ctx)
+            x = x + block.mlp(block.mlp_norm(x))
+        logits = self.lm_head(self.final_norm(x)) if self.is_last else None
+        return x, presents, cross_presents, logits
 
 
 KV = tuple[torch.Tensor, torch.Tensor]
@@ -128,46 +169,6 @@ class StagFormerModel(nn.Module):
         shared = nn.ModuleList(Block(c) for _ in range(c.layers_per_stack)) if c.shared_weights else None
         self.stacks = nn.ModuleList(Stack(c, k, shared) for k in range(c.n_stacks))
 
-    # ----- one stack over Tn new tokens ----------------------------------------------------
-    def run_stack(
-        self,
-        k: int,
-        x: torch.Tensor,
-        self_allowed: torch.Tensor,
-        past: list[KV],
-        cross_allowed: torch.Tensor | None = None,
-        cross_past: list[KV] | None = None,
-        memory: torch.Tensor | None = None,
-    ):
-        """x: [B, Tn, D] token+position embeddings; past[l]: [B, H, T, Dh];
-        self_allowed: [B, 1, Tn, T+Tn]. For k > 0: cross_past[l]: [B, H, M, Dh] over stack
-        k-1's outputs, memory: [B, Mn, D] new outputs of stack k-1 to append,
-        cross_allowed: [B, 1, Tn, 1 + M + Mn] (slot 0 = null).
-        Returns the stack's output [B, Tn, D], its caches, its cross caches, logits (last stack).
-        """
-        stack = self.stacks[k]
-        presents, cross_presents = [], []
-        for l, block in enumerate(stack.blocks):
-            h = block.attn_norm(x)
-            k_new, v_new = block.attn.keys_values(h)
-            key = torch.cat([past[l][0], k_new], dim=2)
-            value = torch.cat([past[l][1], v_new], dim=2)
-            presents.append((key, value))
-            x = x + block.attn.output(attend(block.attn.query(h), key, value, self_allowed))
-            if k > 0:
-                cross = stack.cross[l]
-                mk, mv = cross.memory_kv(memory)
-                ck = torch.cat([cross_past[l][0], mk], dim=2)
-                cv = torch.cat([cross_past[l][1], mv], dim=2)
-                cross_presents.append((ck, cv))
-                nk, nv = cross.memory_kv(stack.null_memory.expand(x.shape[0], 1, -1))  # [B, H, 1, Dh]
-                q = cross.proj.query(cross.norm(x))
-                ctx = attend(q, torch.cat([nk, ck], dim=2), torch.cat([nv, cv], dim=2), cross_allowed)
-                x = x + cross.proj.output(ctx)
-            x = x + block.mlp(block.mlp_norm(x))
-        logits = stack.lm_head(stack.final_norm(x)) if k == self.config.n_stacks - 1 else None
-        return x, presents, cross_presents, logits
-
     # ----- masks ---------------------------------------------------------------------------
     def masks(self, attention_mask: torch.Tensor, n_new: int):
         """attention_mask: [B, T+Tn] real cache slots. Returns self_allowed [B, 1, Tn, T+Tn] and
@@ -178,12 +179,14 @@ class StagFormerModel(nn.Module):
         rows = torch.arange(n_new, device=valid.device).unsqueeze(1) + (total - n_new)  # slot of each new token
         cols = torch.arange(total, device=valid.device).unsqueeze(0)
         self_allowed = valid & (cols <= rows)[None, None]
-        memory_cols = cols[:, :-1]
+        # explicit lengths (not [:, :-1]): the exporter mis-derives negative-end slices at length 1
+        memory_cols = torch.arange(total - 1, device=valid.device).unsqueeze(0)
         seen = memory_cols <= rows - 1
         if self.config.cross_window:
             seen = seen & (memory_cols >= rows - self.config.cross_window)
-        memory_allowed = valid[..., :-1] & seen[None, None]
-        null = torch.ones_like(memory_allowed[..., :1])
+        memory_valid = attention_mask.narrow(1, 0, total - 1).bool()[:, None, None, :]
+        memory_allowed = memory_valid & seen[None, None]
+        null = torch.ones(*memory_allowed.shape[:-1], 1, dtype=torch.bool, device=valid.device)  # always visible
         return self_allowed, torch.cat([null, memory_allowed], dim=-1)
 
     # ----- whole-sequence pass (training, prefill, the parity reference) ---------------------
@@ -203,9 +206,9 @@ class StagFormerModel(nn.Module):
         caches, cross_caches, handoffs = [], [], []
         logits = None
         for k in range(c.n_stacks):
-            memory = previous[:, :-1] if k > 0 else None  # stack k-1's outputs at slots 0..N-2
-            out, presents, cross_presents, logits_k = self.run_stack(
-                k, x0, self_allowed, empty, cross_allowed, empty if k > 0 else None, memory
+            memory = previous.narrow(1, 0, n - 1) if k > 0 else None  # stack k-1's outputs at slots 0..N-2
+            out, presents, cross_presents, logits_k = self.stacks[k](
+                x0, self_allowed, empty, cross_allowed, empty if k > 0 else None, memory
             )
             caches.append(presents)
             cross_caches.append(cross_presents)
@@ -225,8 +228,8 @@ class StagFormerModel(nn.Module):
         self_allowed, cross_allowed = self.masks(attention_mask, input_ids.shape[1])
         outs, new_caches, new_cross, logits = [], [], [], None
         for k in range(self.config.n_stacks):
-            out, presents, cross_presents, logits_k = self.run_stack(
-                k, x0, self_allowed, caches[k],
+            out, presents, cross_presents, logits_k = self.stacks[k](
+                x0, self_allowed, caches[k],
                 cross_allowed, cross_caches[k] if k > 0 else None, memories[k - 1] if k > 0 else None,
             )
             outs.append(out)

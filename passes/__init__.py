@@ -28,3 +28,28 @@ def run_passes(model: ir.Model, family: str, graph_name: str) -> ir.Model:
         return manager(model).model
     except (ir.passes.PassError, ValueError) as e:
         raise PassError(f"graph {graph_name!r}: {e}", "this is an edgeseq bug: report it with the checkpoint config") from e
+
+
+def split_stagformer_steps(graphs: list, n_stacks: int) -> list:
+    """Replace each StagFormer `step` graph by its per-stack stage graphs (stage.0 .. stage.{p-1})."""
+    from edgeseq.exporters import ExportedGraph, GraphSpec
+
+    from .split_stages import SplitStagesPass
+
+    out = []
+    for g in graphs:
+        if g.spec.role != "step":
+            out.append(g)
+            continue
+        result = SplitStagesPass(n_stacks)(g.model)
+        for k, stage in enumerate(result.stages):
+            inputs = {v.name for v in stage.graph.inputs}
+            outputs = {v.name for v in stage.graph.outputs}
+            spec = GraphSpec(
+                name=f"stage.{k}",
+                role="stage",
+                inputs=tuple(t for t in g.spec.inputs if t.name in inputs),
+                outputs=tuple(t for t in g.spec.outputs if t.name in outputs),
+            )
+            out.append(ExportedGraph(spec, stage))
+    return out

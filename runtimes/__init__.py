@@ -12,21 +12,27 @@ from .artifact import FORMAT_VERSION, Artifact, read_artifact
 from .encoder_decoder import EncoderDecoderModel, GenerateResult
 from .ort_backend import TARGETS, OrtBackend
 from .sampling import SamplingOptions
+from .staggered import SCHEDULES, StaggeredDecoderModel
 
-# family -> the decode loop that runs it
-RUNNERS = {"red": EncoderDecoderModel}
+RUNTIME_FAMILIES = ("red", "stagformer")
 
 
-def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, verify: bool = True):
-    """Load a compiled artifact: verify it, create every session, return the family's model."""
+def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, verify: bool = True,
+         schedule: str = "concurrent"):
+    """Load a compiled artifact: verify it, create every session, return the family's model.
+
+    `threads` is the total intra-op thread budget (default: all cores); `schedule`
+    (StagFormer) runs the stages of a step `concurrent`ly or `sequential`ly.
+    """
     artifact = read_artifact(path, verify=verify)
-    runner = RUNNERS.get(artifact.family)
-    if runner is None:
-        raise LoadError(
-            f"artifact family {artifact.family!r} has no runtime in this edgeseq",
-            f"this edgeseq runs: {', '.join(sorted(RUNNERS))}; upgrade edgeseq",
-        )
-    return runner(artifact, OrtBackend(artifact, target=target, threads=threads))
+    if artifact.family == "red":
+        return EncoderDecoderModel(artifact, OrtBackend(artifact, target=target, threads=threads))
+    if artifact.family == "stagformer":
+        return StaggeredDecoderModel(artifact, target, threads, schedule)
+    raise LoadError(
+        f"artifact family {artifact.family!r} has no runtime in this edgeseq",
+        f"this edgeseq runs: {', '.join(RUNTIME_FAMILIES)}; upgrade edgeseq",
+    )
 
 
-__all__ = ["FORMAT_VERSION", "TARGETS", "Artifact", "GenerateResult", "SamplingOptions", "load", "read_artifact"]
+__all__ = ["SCHEDULES", "FORMAT_VERSION", "TARGETS", "Artifact", "GenerateResult", "SamplingOptions", "load", "read_artifact"]

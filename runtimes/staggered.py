@@ -1,0 +1,162 @@
+"""The StagFormer decode loop: prefill once, then one step per token whose stages run concurrently.
+
+Each stage (one stack's subgraph) has its own ONNX Runtime session and, under the
+`concurrent` schedule, a long-lived worker thread; the calling thread runs the last
+stage itself, so a step costs one hand-off per extra stage. ORT releases the GIL while
+it runs, and the intra-op threads are split between the stages. Only caches cross from
+one step to the next: stack k's output (`handoff.k`) becomes stack k+1's `memory`.
+
+Batches are left-padded: an attention mask marks real cache slots and every row keeps
+its own positions. Each call holds its own state, so `generate` is thread-safe.
+"""
+
+import os
+import queue
+import threading
+from concurrent.futures import Future
+
+import numpy as np
+
+from edgeseq.errors import GenerateError, LoadError
+
+from .artifact import Artifact
+from .encoder_decoder import GenerateResult, normalize_input
+from .ort_backend import OrtBackend
+from .sampling import SamplingOptions, choose_next
+
+SCHEDULES = ("concurrent", "sequential")
+
+
+def next_input_name(output: str) -> str | None:
+    """Which step input an output feeds on the next step (None: not fed back)."""
+    if output.startswith("present_"):
+        return "past_" + output[len("present_"):]
+    if output.startswith("cross_present_"):
+        return "cross_" + output[len("cross_present_"):]
+    if output.startswith("handoff."):
+        return f"memory.{int(output.split('.')[1]) + 1}"
+    return None
+
+
+class StageWorker:
+    """A daemon thread that runs one graph's session for whoever submits feeds."""
+
+    def __init__(self, backend: OrtBackend, graph: str):
+        self.backend = backend
+        self.graph = graph
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name=f"edgeseq-{graph}", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            feeds, future = self.jobs.get()
+            try:
+                future.set_result(self.backend.run(self.graph, feeds))
+            except BaseException as e:  # handed to the caller, which re-raises
+                future.set_exception(e)
+
+    def submit(self, feeds: dict) -> Future:
+        future: Future = Future()
+        self.jobs.put((feeds, future))
+        return future
+
+
+class StaggeredDecoderModel:
+    """A loaded StagFormer artifact (split into stages, or one step graph)."""
+
+    def __init__(self, artifact: Artifact, target: str = "ort-cpu", threads: int | None = None,
+                 schedule: str = "concurrent"):
+        if schedule not in SCHEDULES:
+            raise LoadError(f"unknown schedule {schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
+        graphs = artifact.manifest["graphs"]
+        self.stages = sorted((n for n, g in graphs.items() if g["role"] == "stage"), key=lambda n: int(n.split(".")[1]))
+        self.step_graphs = self.stages or [artifact.graph("step")["name"]]
+        self.concurrent = schedule == "concurrent" and len(self.step_graphs) > 1
+        total = threads or os.cpu_count() or 1
+        per_stage = max(1, total // len(self.step_graphs)) if self.concurrent else total
+        self.backend = OrtBackend(
+            artifact, target, threads=total, threads_per_graph={g: per_stage for g in self.step_graphs}
+        )
+        self.artifact = artifact
+        self.config = artifact.config
+        self.schedule = schedule
+        self.inputs = {name: [t["name"] for t in g["inputs"]] for name, g in graphs.items()}
+        self.outputs = {name: [t["name"] for t in g["outputs"]] for name, g in graphs.items()}
+        self.workers = [StageWorker(self.backend, g) for g in self.step_graphs[:-1]] if self.concurrent else []
+
+    def _run_step(self, state: dict) -> dict:
+        """Run every step graph on `state`; returns their outputs by name."""
+        feeds = [{n: state[n] for n in self.inputs[g]} for g in self.step_graphs]
+        if self.concurrent:
+            futures = [w.submit(f) for w, f in zip(self.workers, feeds)]
+            results = [None] * len(futures) + [self.backend.run(self.step_graphs[-1], feeds[-1])]
+            results[: len(futures)] = [f.result() for f in futures]
+        else:
+            results = [self.backend.run(g, f) for g, f in zip(self.step_graphs, feeds)]
+        named = {}
+        for g, values in zip(self.step_graphs, results):
+            named.update(zip(self.outputs[g], values))
+        return named
+
+    def prefill(self, rows: list[list[int]]):
+        """Left-pad, run the prefill graph; returns (outputs by name, mask, last positions)."""
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.config["pad_token_id"], dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for b, r in enumerate(rows):
+            ids[b, width - len(r):] = r
+            mask[b, width - len(r):] = 1
+        positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
+        values = self.backend.run("prefill", {"input_ids": ids, "positions": positions, "attention_mask": mask})
+        return dict(zip(self.outputs["prefill"], values)), mask, positions[:, -1:]
+
+    def generate(
+        self,
+        input_ids,
+        max_new_tokens: int = 32,
+        stop_tokens: list[int] | None = None,
+        sampling: SamplingOptions | None = None,
+        return_logits: bool = False,
+    ) -> GenerateResult:
+        """Continue each prompt row by up to `max_new_tokens` (rows stop independently)."""
+        sampling = sampling or SamplingOptions()
+        sampling.validate()
+        if max_new_tokens < 1:
+            raise GenerateError(f"max_new_tokens={max_new_tokens} must be >= 1", "ask for at least one new token")
+        c = self.config
+        rows = normalize_input(input_ids, c["vocab_size"])
+        longest = max(len(r) for r in rows)
+        if longest + max_new_tokens > c["max_positions"]:
+            raise GenerateError(
+                f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds max_positions={c['max_positions']}",
+                f"lower --max-new-tokens to {max(c['max_positions'] - longest, 0)} or shorten the prompt",
+            )
+        stops = np.array([c["eos_token_id"]] if stop_tokens is None else list(stop_tokens), dtype=np.int64)
+        outputs, mask, positions = self.prefill(rows)
+        logits = outputs["logits"].numpy()[:, -1]
+        rng = np.random.default_rng(sampling.seed)
+        batch = len(rows)
+        done = np.zeros(batch, dtype=bool)
+        generated: list[list[int]] = [[] for _ in range(batch)]
+        step_logits = []
+        state: dict = {}
+        for step in range(max_new_tokens):
+            if return_logits:
+                step_logits.append(logits)
+            next_ids = choose_next(logits, sampling, rng)
+            for b in np.flatnonzero(~done):
+                generated[b].append(int(next_ids[b]))
+            done |= np.isin(next_ids, stops)
+            if done.all() or step == max_new_tokens - 1:
+                break
+            for name, value in outputs.items():
+                target = next_input_name(name)
+                if target:
+                    state[target] = value
+            mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+            positions = positions + 1
+            state.update(input_ids=next_ids[:, None], positions=positions, attention_mask=mask)
+            outputs = self._run_step(state)
+            logits = outputs["logits"].numpy()[:, -1]
+        return GenerateResult(generated, step_logits)
