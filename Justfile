@@ -16,6 +16,7 @@ test *ARGS:
 bench:
     bash scripts/setup.sh
     .venv/bin/python benchmarks/red.py
+    .venv/bin/python benchmarks/stagformer.py
 
 lint:
     bash scripts/setup.sh

@@ -8,41 +8,20 @@ Everything is measured in this one run; ratios are taken between rows of the sam
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from edgeseq.bench import bench_artifact
+from edgeseq.bench import bench_artifact, resident_after_load_mb
 from edgeseq.models.checkpoint import init_checkpoint
 from edgeseq.pipeline import compile_checkpoint
 from edgeseq.runtimes import read_artifact
 
 RESULTS = Path(__file__).parent / "results" / "red-small.json"
 
-RESIDENT_PROBE = """
-import sys
-from edgeseq.bench import resident_mb
-before = resident_mb()
-from edgeseq.runtimes import load
-import onnxruntime  # noqa: F401  (count the library itself as "before")
-before = resident_mb()
-model = load(sys.argv[1], threads=1)
-model.generate([[5, 6, 7]], max_new_tokens=2, stop_tokens=[])
-print(resident_mb() - before)
-"""
-
-
 def build(workdir: Path, name: str, sets: list[str]) -> tuple[Path, Path]:
     ckpt, art = workdir / name, workdir / f"{name}.artifact"
     init_checkpoint("red", ckpt, "small", sets, seed=0, force=True)
     compile_checkpoint(ckpt, art, force=True)
     return ckpt, art
-
-
-def resident_weights_mb(art: Path) -> float:
-    """Resident memory a freshly loaded runtime adds, measured in its own process."""
-    out = subprocess.run([sys.executable, "-c", RESIDENT_PROBE, str(art)], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -62,7 +41,7 @@ def main() -> None:
     sharing = {
         name: {
             "weight_bytes": read_artifact(a).manifest["stats"]["weight_bytes"],
-            "resident_mb": resident_weights_mb(a),
+            "resident_mb": resident_after_load_mb(a),
         }
         for name, a in (("shared", art_shared_lw), ("separate", art_sep))
     }

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeseq.errors import BuildError
 from edgeseq.runtimes import load
 
 
@@ -45,6 +46,35 @@ def resident_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+RESIDENT_PROBE = """
+import sys
+from edgeseq.bench import resident_mb
+from edgeseq.errors import BuildError
+from edgeseq.runtimes import load
+import onnxruntime  # noqa: F401  (the library itself counts as "before")
+before = resident_mb()
+model = load(sys.argv[1], threads=1)
+model.generate([[5, 6, 7]], max_new_tokens=2, stop_tokens=[])
+print(resident_mb() - before)
+"""
+
+
+def resident_after_load_mb(artifact: str | Path) -> float:
+    """Resident memory a freshly loaded runtime adds (weights, sessions), in its own process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", RESIDENT_PROBE, str(artifact)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def decode_tok_s(generate: Callable, rows: list[list[int]], new_tokens: int) -> float:
+    """Decode tokens/s of `generate(rows, n)`: (T(n) - T(1)) removes prefill and first-step costs."""
+    t_one = _timed(generate, rows, 1)
+    t_all = _timed(generate, rows, new_tokens)
+    return len(rows) * (new_tokens - 1) / max(t_all - t_one, 1e-9)
+
+
 def peak_rss_mb() -> float:
     import resource
 
@@ -60,10 +90,11 @@ class Engine:
 
 
 class OrtEngine(Engine):
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, schedule: str = "concurrent"):
         self.name = "edgeseq (onnxruntime)"
-        self.model = load(path, threads=threads)
-        self.encode = self.model.encode
+        self.model = load(path, threads=threads, schedule=schedule)
+        # prefill: RED's encoder, or a decoder-only model's prompt pass
+        self.encode = getattr(self.model, "encode", None) or self.model.prefill
         self.generate = lambda rows, n: self.model.generate(rows, max_new_tokens=n, stop_tokens=[])
 
 
@@ -105,11 +136,17 @@ def bench_artifact(
     rounds: int = 5,
     threads: int | None = None,
     on_progress: Callable[[str], None] | None = None,
+    schedule: str = "concurrent",
 ) -> dict[str, Any]:
     say = on_progress or (lambda _: None)
     threads = threads or 1
     rss_before = resident_mb()
-    ort_engine = OrtEngine(Path(path), threads)
+    ort_engine = OrtEngine(Path(path), threads, schedule)
+    if vs_torch and ort_engine.model.artifact.family != "red":
+        raise BuildError(
+            f"--vs-torch is available for red artifacts, not {ort_engine.model.artifact.family}",
+            "for StagFormer run benchmarks/stagformer.py (split vs unsplit vs p = 1 in one run)",
+        )
     config = ort_engine.model.config
     new_tokens = max(2, min(new_tokens, config["max_positions"] - source_len))
     engines: list[Engine] = [ort_engine]
@@ -133,9 +170,7 @@ def bench_artifact(
             s = samples[engine.name]
             s.setdefault("prefill_ms", []).append(1000 * _timed(engine.encode, rows[1]))
             for b in batches:
-                t_one = _timed(engine.generate, rows[b], 1)
-                t_all = _timed(engine.generate, rows[b], new_tokens)
-                s.setdefault(f"decode_tok_s_b{b}", []).append(b * (new_tokens - 1) / max(t_all - t_one, 1e-9))
+                s.setdefault(f"decode_tok_s_b{b}", []).append(decode_tok_s(engine.generate, rows[b], new_tokens))
     say("measuring memory bandwidth")
     bandwidth = measure_bandwidth()
     bytes_per_token = ort_engine.model.artifact.manifest["stats"]["weight_bytes_per_token"]

@@ -100,15 +100,16 @@ def init(family, out, preset, sets, seed, force, as_json):
 @click.option("--target", default="ort-cpu", show_default=True, help="ort-cpu (ort-cuda, ort-tensorrt, tensorrt: not yet).")
 @click.option("--precision", default="fp32", show_default=True, help="fp32 (fp16, bf16: not yet).")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check parity against PyTorch.")
+@click.option("--split/--no-split", default=True, show_default=True, help="StagFormer: one graph per stack (--no-split keeps one step graph).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @handle_errors
-def compile_cmd(checkpoint, out, target, precision, verify, force, as_json):
+def compile_cmd(checkpoint, out, target, precision, verify, split, force, as_json):
     """Export CHECKPOINT to ONNX, run the graph passes, write an artifact, check parity."""
     from edgeseq.pipeline import compile_checkpoint
 
     with stage_status(not as_json, f"compiling {checkpoint}") as say:
-        manifest = compile_checkpoint(checkpoint, out, target, precision, verify, force, on_stage=say)
+        manifest = compile_checkpoint(checkpoint, out, target, precision, verify, force, on_stage=say, split=split)
     parity = manifest["parity"]
     if as_json:
         emit_json({"artifact": str(out), "family": manifest["family"], "stats": manifest["stats"], "parity": parity})
@@ -139,15 +140,16 @@ def parse_ids(text: str) -> list[int]:
 @click.option("--seed", default=None, type=int, help="Sampling seed.")
 @click.option("--stop-token", "stop_tokens", multiple=True, type=int, help="Stop ids (default: the model's eos).")
 @click.option("--target", default="ort-cpu", show_default=True)
-@click.option("--threads", default=None, type=int, help="Intra-op threads (default: all cores).")
+@click.option("--threads", default=None, type=int, help="Intra-op threads in all (default: all cores).")
+@click.option("--schedule", type=click.Choice(["concurrent", "sequential"]), default="concurrent", show_default=True, help="StagFormer: run a step's stages concurrently or in turn.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def generate(artifact, inputs, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_tokens, target, threads, as_json):
+def generate(artifact, inputs, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_tokens, target, threads, schedule, as_json):
     """Generate tokens from a compiled ARTIFACT."""
     from edgeseq.runtimes import SamplingOptions, load
 
     rows = [parse_ids(text) for text in inputs]
-    model = load(artifact, target=target, threads=threads)
+    model = load(artifact, target=target, threads=threads, schedule=schedule)
     sampling = SamplingOptions(do_sample, temperature, top_k, top_p, seed)
     result = model.generate(rows, max_new_tokens, list(stop_tokens) or None, sampling)
     if as_json:
@@ -213,6 +215,8 @@ def inspect_cmd(artifact, as_json):
     )
     for stage in info["schedule"]:
         out_console.print(f"stage {stage['stage']}: {', '.join(stage['graphs'])} ({stage['runs']})")
+        for h in stage.get("handoffs", []):
+            out_console.print(f"  {h['from']}:{h['output']} -> {h['to']}:{h['input']} ({h['when']}); every cache stays with its stage")
     if info["parity"]:
         p = info["parity"]
         out_console.print(f"parity at compile: max |logit diff| {p['max_abs_logit_diff']:.2e}, greedy agreement {p['greedy_token_agreement']:.3f}")
@@ -225,14 +229,17 @@ def inspect_cmd(artifact, as_json):
 @click.option("--new-tokens", default=64, show_default=True)
 @click.option("--rounds", default=5, show_default=True, help="Alternating rounds; figures are medians.")
 @click.option("--threads", default=1, show_default=True, type=int, help="Intra-op threads for every engine.")
+@click.option("--schedule", type=click.Choice(["concurrent", "sequential"]), default="concurrent", show_default=True, help="StagFormer: run a step's stages concurrently or in turn.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, as_json):
+def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, schedule, as_json):
     """Time prefill and decode of ARTIFACT (optionally against PyTorch eager), with the roofline."""
     from edgeseq.bench import bench_artifact
 
     with stage_status(not as_json, "benchmarking") as say:
-        report = bench_artifact(artifact, vs_torch, source_len, new_tokens, rounds=rounds, threads=threads, on_progress=say)
+        report = bench_artifact(
+            artifact, vs_torch, source_len, new_tokens, rounds=rounds, threads=threads, on_progress=say, schedule=schedule
+        )
     if as_json:
         emit_json(report)
         return

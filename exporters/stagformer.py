@@ -30,6 +30,18 @@ def _handoffs(prefix: str, c, stacks) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(f"{prefix}.{k}", "float32", ("batch", 1, c.d_model)) for k in stacks)
 
 
+def stack_state_inputs(spec: GraphSpec) -> dict[str, int]:
+    """Step inputs that are one stack's state: `past_*.k.l`, `cross_*.k.l` and `memory.k` -> k."""
+    owner = {}
+    for t in spec.inputs:
+        parts = t.name.split(".")
+        if t.name.startswith(("past_", "cross_")) and len(parts) == 3:
+            owner[t.name] = int(parts[1])
+        elif parts[0] == "memory":
+            owner[t.name] = int(parts[1])
+    return owner
+
+
 def step_spec(c) -> GraphSpec:
     # with p > 1 the cross cache ("history") lags the self cache by one slot; torch.export
     # needs that relation spelled out, so the other lengths derive from it

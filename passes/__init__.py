@@ -33,6 +33,7 @@ def run_passes(model: ir.Model, family: str, graph_name: str) -> ir.Model:
 def split_stagformer_steps(graphs: list, n_stacks: int) -> list:
     """Replace each StagFormer `step` graph by its per-stack stage graphs (stage.0 .. stage.{p-1})."""
     from edgeseq.exporters import ExportedGraph, GraphSpec
+    from edgeseq.exporters.stagformer import stack_state_inputs
 
     from .split_stages import SplitStagesPass
 
@@ -41,7 +42,7 @@ def split_stagformer_steps(graphs: list, n_stacks: int) -> list:
         if g.spec.role != "step":
             out.append(g)
             continue
-        result = SplitStagesPass(n_stacks)(g.model)
+        result = SplitStagesPass(n_stacks, stack_state_inputs(g.spec))(g.model)
         for k, stage in enumerate(result.stages):
             inputs = {v.name for v in stage.graph.inputs}
             outputs = {v.name for v in stage.graph.outputs}

@@ -3,13 +3,12 @@
 The exporter tags every node with the module it came from (`pkg.torch.onnx.name_scopes`);
 a node belongs to stack k when its outermost scope is `...stacks.k`. Untagged nodes
 (the token embedding lookup, shape and mask arithmetic) are replicated into every stage
-that needs them. A graph input belongs to stack k when only stack k's nodes read it (its caches, its
-memory handoff); inputs every stack reads (token ids, positions, mask) are common.
-
-The pass proves the stacks are independent within the step: nothing stack k computes
-may depend on an input that belongs to another stack. A node tagged with another stack
-but computed from common inputs alone is recomputed in stage k (the exporter's CSE
-merges e.g. the identical first-layer projections of shared-weight stacks). A graph
+that needs them. The exporter declares each stack's state inputs (its caches and its memory handoff);
+the rest (token ids, positions, mask) are common. The pass proves the stacks are
+independent within the step: nothing stack k computes may read another stack's state.
+A node tagged with another stack that reads common inputs only is recomputed in stage k
+(the exporter's CSE merges e.g. shared-weight stacks' identical first-layer projections
+and the mask arithmetic every stack repeats). A graph
 where one stack reads another stack's output of the same step is refused, naming the
 value that crosses.
 """
@@ -62,9 +61,10 @@ class SplitStagesPass(ir.passes.PassBase):
     in_place = True
     changes_input = False
 
-    def __init__(self, n_stacks: int):
+    def __init__(self, n_stacks: int, state_owner: dict[str, int]):
         super().__init__()
         self.n_stacks = n_stacks
+        self.state_owner = state_owner  # graph input -> the stack whose state it is
 
     def call(self, model: ir.Model) -> SplitResult:
         nodes = list(model.graph)
@@ -90,55 +90,57 @@ class SplitStagesPass(ir.passes.PassBase):
                     "every output of a StagFormer step must come from one stack",
                 )
             outputs_of[stack].append(out)
-        owner = self._input_owners(model, tags)
-        depends = self._dependencies(nodes, owner)
         for k in found:
-            self._check_independent(k, outputs_of[k], tags, depends)
+            self._check_independent(k, outputs_of[k], tags)
         stages = [self._extract(model, [v.name for v in outputs_of[k]]) for k in found]
         return SplitResult(model, modified=False, stages=stages)
 
     @staticmethod
-    def _input_owners(model: ir.Model, tags: dict) -> dict[str, int]:
-        """Graph inputs read by exactly one stack's nodes (and no untagged node) -> that stack."""
-        owner = {}
-        for value in model.graph.inputs:
-            readers = {tags[id(node)] for node, _ in value.uses() if node.op_type not in SHAPE_ONLY_OPS}
-            if len(readers) == 1 and None not in readers:
-                owner[value.name] = readers.pop()
-        return owner
-
-    @staticmethod
-    def _dependencies(nodes: list[ir.Node], owner: dict[str, int]) -> dict[str, frozenset[int]]:
-        """For every value, the stacks whose own inputs it depends on (nodes are in topological order)."""
-        deps: dict[str, frozenset[int]] = {name: frozenset([k]) for name, k in owner.items()}
-        for node in nodes:
-            if node.op_type in SHAPE_ONLY_OPS:
-                continue
-            acc = frozenset().union(*(deps.get(v.name, frozenset()) for v in node.inputs if v is not None))
-            for out in node.outputs:
-                deps[out.name] = acc
-        return deps
-
-    def _check_independent(self, k: int, outputs: list[ir.Value], tags: dict, depends: dict) -> None:
-        """Walk back from stack k's outputs; a value from another stack's node that depends on
-        another stack's own inputs is a same-step dependency."""
+    def _slice_inputs(start: list[ir.Value], stop) -> tuple[set[str], list[tuple[ir.Node, ir.Value]]]:
+        """Graph inputs reached walking back from `start` (shape-only reads excluded), and the
+        (node, value) pairs where `stop(node)` halted the walk."""
+        inputs: set[str] = set()
+        stopped = []
         seen: set[int] = set()
-        work = list(outputs)
+        work = list(start)
         while work:
             value = work.pop()
             node = value.producer()
-            if node is None or id(node) in seen:
+            if node is None:
+                if not value.is_initializer():
+                    inputs.add(value.name)
+                continue
+            if id(node) in seen:
                 continue
             seen.add(id(node))
-            other = tags[id(node)]
-            foreign = depends.get(value.name, frozenset()) - {k}
-            if other is not None and other != k and foreign:
+            if node.op_type in SHAPE_ONLY_OPS:
+                continue
+            if stop(node):
+                stopped.append((node, value))
+                continue
+            work.extend(v for v in node.inputs if v is not None)
+        return inputs, stopped
+
+    def _check_independent(self, k: int, outputs: list[ir.Value], tags: dict) -> None:
+        """Nothing stack k computes may read another stack's state. A crossing into another
+        stack's node that reads only common inputs is fine: stage k recomputes it."""
+        foreign = lambda node: tags[id(node)] not in (None, k)  # noqa: E731
+        own, crossings = self._slice_inputs(outputs, foreign)
+        for name in sorted(own):
+            if self.state_owner.get(name, k) != k:
                 raise PassError(
-                    f"stack {k} reads stack {other}'s output {value.name!r} within the same step, "
-                    "so the stacks cannot run concurrently",
+                    f"stack {k} reads {name!r}, the state of stack {self.state_owner[name]}",
                     "this is not a staggered step graph; compile with --no-split to keep one graph",
                 )
-            work.extend(v for v in node.inputs if v is not None)
+        for node, value in crossings:
+            needed, _ = self._slice_inputs(list(node.inputs), lambda n: False)
+            theirs = sorted(n for n in needed if self.state_owner.get(n, k) != k)
+            if theirs:
+                raise PassError(
+                    f"stack {k} reads stack {tags[id(node)]}'s output {value.name!r} within the same step "
+                    f"(computed from {', '.join(theirs[:3])}), so the stacks cannot run concurrently",
+                    "this is not a staggered step graph; compile with --no-split to keep one graph",
+                )
 
     @staticmethod
     def _extract(model: ir.Model, output_names: list[str]) -> ir.Model:

@@ -9,6 +9,7 @@ import torch
 
 from edgeseq.models.checkpoint import make_config, save_checkpoint
 from edgeseq.models.red import RedModel
+from edgeseq.models.stagformer import StagFormerModel
 from edgeseq.pipeline import compile_checkpoint
 
 ALL_ON = dict(
@@ -27,18 +28,28 @@ def red_model(seed: int = 0, **overrides) -> RedModel:
     return RedModel(config).eval()
 
 
+STAG_TEST_SIZE = dict(vocab_size=48, d_model=32, n_heads=4, d_ff=64, max_positions=160)
+
+
+def stagformer_model(seed: int = 0, **overrides) -> StagFormerModel:
+    config = make_config("stagformer", "tiny", {**STAG_TEST_SIZE, **overrides})
+    torch.manual_seed(seed)
+    return StagFormerModel(config).eval()
+
+
 class ArtifactCache:
-    """Compile each distinct (config, seed) once per session; tests share the folders."""
+    """Compile each distinct (family, config, seed, split) once per session; tests share the folders."""
 
     def __init__(self, root: Path):
         self.root = root
 
-    def get(self, seed: int = 0, verify: bool = True, **overrides) -> tuple[Path, Path]:
-        key = hashlib.sha1(json.dumps([seed, verify, sorted(overrides.items())]).encode()).hexdigest()[:10]
+    def get(self, seed: int = 0, verify: bool = True, family: str = "red", split: bool = True, **overrides) -> tuple[Path, Path]:
+        key = hashlib.sha1(json.dumps([family, seed, verify, split, sorted(overrides.items())]).encode()).hexdigest()[:10]
         ckpt, art = self.root / f"ckpt-{key}", self.root / f"art-{key}"
         if not art.exists():
-            save_checkpoint(red_model(seed, **overrides), "red", ckpt, force=True)
-            compile_checkpoint(ckpt, art, verify=verify)
+            model = red_model(seed, **overrides) if family == "red" else stagformer_model(seed, **overrides)
+            save_checkpoint(model, family, ckpt, force=True)
+            compile_checkpoint(ckpt, art, verify=verify, split=split)
         return ckpt, art
 
 
