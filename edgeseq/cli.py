@@ -141,7 +141,7 @@ def parse_ids(text: str) -> list[int]:
 @click.option("--stop-token", "stop_tokens", multiple=True, type=int, help="Stop ids (default: the model's eos).")
 @click.option("--target", default="ort-cpu", show_default=True)
 @click.option("--threads", default=None, type=int, help="Intra-op threads in all (default: all cores).")
-@click.option("--schedule", type=click.Choice(["concurrent", "sequential"]), default="concurrent", show_default=True, help="StagFormer: run a step's stages concurrently or in turn.")
+@click.option("--schedule", type=click.Choice(["concurrent", "sequential", "recurrent"]), default="concurrent", show_default=True, help="StagFormer: a step's stages concurrently, in turn, or recurrent (shared weights: last stack only).")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def generate(artifact, inputs, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_tokens, target, threads, schedule, as_json):
@@ -229,7 +229,7 @@ def inspect_cmd(artifact, as_json):
 @click.option("--new-tokens", default=64, show_default=True)
 @click.option("--rounds", default=5, show_default=True, help="Alternating rounds; figures are medians.")
 @click.option("--threads", default=1, show_default=True, type=int, help="Intra-op threads for every engine.")
-@click.option("--schedule", type=click.Choice(["concurrent", "sequential"]), default="concurrent", show_default=True, help="StagFormer: run a step's stages concurrently or in turn.")
+@click.option("--schedule", type=click.Choice(["concurrent", "sequential", "recurrent"]), default="concurrent", show_default=True, help="StagFormer: a step's stages concurrently, in turn, or recurrent (shared weights: last stack only).")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, schedule, as_json):

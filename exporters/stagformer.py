@@ -59,7 +59,7 @@ def step_spec(c) -> GraphSpec:
         outputs=(
             TensorSpec("logits", "float32", ("batch", 1, c.vocab_size)),
             *_caches("present", "cross_present", total, "history+1", c),
-            *_handoffs("handoff", c, range(c.n_stacks - 1)),
+            *_handoffs("handoff", c, range(c.n_stacks)),
         ),
     )
 
@@ -76,7 +76,7 @@ def prefill_spec(c) -> GraphSpec:
         outputs=(
             TensorSpec("logits", "float32", ("batch", "prompt", c.vocab_size)),
             *_caches("present", "cross_present", "prompt", "prompt-1", c),
-            *_handoffs("handoff", c, range(c.n_stacks - 1)),
+            *_handoffs("handoff", c, range(c.n_stacks)),
         ),
     )
 

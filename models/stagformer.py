@@ -194,8 +194,9 @@ class StagFormerModel(nn.Module):
         """Stacks one after another over the whole sequence (no cache).
 
         Returns logits [B, N, V], per stack its self caches, per stack k > 0 its cross
-        caches over stack k-1's outputs at slots 0..N-2, and the handoffs: per stack k <
-        p-1, its output at the last slot [B, 1, D], which stack k+1 appends next step.
+        caches over stack k-1's outputs at slots 0..N-2, and the handoffs: per stack, its
+        output at the last slot [B, 1, D], which stack k+1 appends next step (and which the
+        last stack appends to its own memory under recurrent decoding).
         """
         b, n = input_ids.shape
         x0 = self.embed(input_ids) + self.pos(positions)
@@ -212,8 +213,7 @@ class StagFormerModel(nn.Module):
             )
             caches.append(presents)
             cross_caches.append(cross_presents)
-            if k < c.n_stacks - 1:
-                handoffs.append(out[:, -1:])
+            handoffs.append(out[:, -1:])  # the last stack's feeds recurrent decoding
             previous = out
             logits = logits_k
         return logits, caches, cross_caches, handoffs
@@ -237,7 +237,34 @@ class StagFormerModel(nn.Module):
             new_cross.append(cross_presents)
             if logits_k is not None:
                 logits = logits_k
-        return logits, new_caches, new_cross, outs[:-1]
+        return logits, new_caches, new_cross, outs
+
+    @torch.inference_mode()
+    def generate_recurrent(self, prompt: torch.Tensor, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Recurrent decoding (shared weights): prefill with every stack, then one pass of the
+        last stack per token, its cross-attention appending its own previous output."""
+        c = self.config
+        if not c.shared_weights or c.n_stacks < 2:
+            raise ConfigError("recurrent decoding needs shared_weights=true and n_stacks >= 2",
+                              "use the concurrent or sequential schedule for this model")
+        b, n = prompt.shape
+        logits, caches, cross_caches, handoffs = self(prompt, torch.arange(n).expand(b, -1), torch.ones_like(prompt))
+        last = c.n_stacks - 1
+        cache, cross, memory = caches[last], cross_caches[last], handoffs[last]
+        tokens, step_logits = [], []
+        out_logits = logits[:, -1]
+        for step in range(max_new_tokens):
+            step_logits.append(out_logits)
+            token = out_logits.argmax(-1, keepdim=True)
+            tokens.append(token)
+            if step == max_new_tokens - 1:
+                break
+            slot = n + step
+            x = self.embed(token) + self.pos(torch.full((b, 1), slot))
+            self_allowed, cross_allowed = self.masks(torch.ones(b, slot + 1, dtype=torch.long), 1)
+            memory, cache, cross, lg = self.stacks[last](x, self_allowed, cache, cross_allowed, cross, memory)
+            out_logits = lg[:, -1]
+        return torch.cat(tokens, dim=1), torch.stack(step_logits, dim=1)
 
     def empty_cache(self, batch: int) -> list[KV]:
         c = self.config

@@ -92,7 +92,7 @@ class SplitStagesPass(ir.passes.PassBase):
             outputs_of[stack].append(out)
         for k in found:
             self._check_independent(k, outputs_of[k], tags)
-        stages = [self._extract(model, [v.name for v in outputs_of[k]]) for k in found]
+        stages = [self._extract(model, k, [v.name for v in outputs_of[k]]) for k in found]
         return SplitResult(model, modified=False, stages=stages)
 
     @staticmethod
@@ -142,15 +142,29 @@ class SplitStagesPass(ir.passes.PassBase):
                     "this is not a staggered step graph; compile with --no-split to keep one graph",
                 )
 
-    @staticmethod
-    def _extract(model: ir.Model, output_names: list[str]) -> ir.Model:
-        """A copy of the model keeping only what computes `output_names`."""
+    def _extract(self, model: ir.Model, k: int, output_names: list[str]) -> ir.Model:
+        """A copy of the model keeping only what computes stack k's outputs.
+
+        Shape-only reads of another stack's state (torch.export takes a symbolic length
+        from whichever input carries it first) are moved to stack k's own input of the
+        same declared shape where it has one, so the last stage (the one recurrent decoding
+        runs alone, while the other caches go stale) never takes another stack's cache.
+        """
         copy = ir.from_proto(ir.to_proto(model))
         keep = {v.name: v for v in copy.graph.outputs}
         copy.graph.outputs.clear()
         copy.graph.outputs.extend(keep[name] for name in output_names)
         common.RemoveUnusedNodesPass()(copy)
-        unused_inputs = [v for v in copy.graph.inputs if not v.uses()]
-        for v in unused_inputs:
-            copy.graph.inputs.remove(v)
+        inputs = list(copy.graph.inputs)
+        own = [v for v in inputs if self.state_owner.get(v.name) == k and v.uses()]
+        for value in inputs:
+            if self.state_owner.get(value.name, k) == k or not value.uses():
+                continue
+            twin = next((v for v in own if str(v.shape) == str(value.shape)), None)
+            if twin is not None:
+                ir.convenience.replace_all_uses_with(value, twin)
+            # else: no own input carries that length (stack 0 has no cross cache); the read
+            # stays, harmless because every cache exists before a concurrent step starts
+        for value in [v for v in copy.graph.inputs if not v.uses()]:
+            copy.graph.inputs.remove(value)
         return copy

@@ -6,6 +6,9 @@ stage itself, so a step costs one hand-off per extra stage. ORT releases the GIL
 it runs, and the intra-op threads are split between the stages. Only caches cross from
 one step to the next: stack k's output (`handoff.k`) becomes stack k+1's `memory`.
 
+Under the `recurrent` schedule (shared-weight models) each step runs the last stage
+only, and its own output, not the previous stack's, becomes its next memory.
+
 Batches are left-padded: an attention mask marks real cache slots and every row keeps
 its own positions. Each call holds its own state, so `generate` is thread-safe.
 """
@@ -24,17 +27,24 @@ from .encoder_decoder import GenerateResult, normalize_input
 from .ort_backend import OrtBackend
 from .sampling import SamplingOptions, choose_next
 
-SCHEDULES = ("concurrent", "sequential")
+SCHEDULES = ("concurrent", "sequential", "recurrent")
 
 
-def next_input_name(output: str) -> str | None:
-    """Which step input an output feeds on the next step (None: not fed back)."""
+def next_input_name(output: str, recurrent_stack: int | None = None) -> str | None:
+    """Which step input an output feeds on the next step (None: not fed back).
+
+    Stack k's handoff feeds stack k+1's memory; under recurrent decoding the last stack's
+    handoff feeds its own memory instead.
+    """
     if output.startswith("present_"):
         return "past_" + output[len("present_"):]
     if output.startswith("cross_present_"):
         return "cross_" + output[len("cross_present_"):]
     if output.startswith("handoff."):
-        return f"memory.{int(output.split('.')[1]) + 1}"
+        k = int(output.split(".")[1])
+        if recurrent_stack is not None:
+            return f"memory.{k}" if k == recurrent_stack else None
+        return f"memory.{k + 1}"
     return None
 
 
@@ -70,8 +80,25 @@ class StaggeredDecoderModel:
         if schedule not in SCHEDULES:
             raise LoadError(f"unknown schedule {schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
         graphs = artifact.manifest["graphs"]
+        c = artifact.config
         self.stages = sorted((n for n, g in graphs.items() if g["role"] == "stage"), key=lambda n: int(n.split(".")[1]))
         self.step_graphs = self.stages or [artifact.graph("step")["name"]]
+        self.recurrent_stack = None
+        if schedule == "recurrent":
+            if not c["shared_weights"] or c["n_stacks"] < 2:
+                raise LoadError("recurrent decoding needs a model with shared_weights=true and n_stacks >= 2",
+                                "use --schedule concurrent or sequential")
+            if not self.stages:
+                raise LoadError("recurrent decoding needs a split artifact (one graph per stack)",
+                                "recompile without --no-split")
+            # one pass of the last stack per token, reading its own earlier outputs
+            self.recurrent_stack = c["n_stacks"] - 1
+            self.step_graphs = [self.stages[-1]]
+            foreign = [t["name"] for t in graphs[self.stages[-1]]["inputs"]
+                       if t["name"].count(".") == 2 and int(t["name"].split(".")[1]) != self.recurrent_stack]
+            if foreign:  # its caches would go stale: only the last stage runs
+                raise LoadError(f"the last stage reads other stacks' caches ({', '.join(foreign[:2])})",
+                                "recompile the artifact with this edgeseq version")
         self.concurrent = schedule == "concurrent" and len(self.step_graphs) > 1
         total = threads or os.cpu_count() or 1
         per_stage = max(1, total // len(self.step_graphs)) if self.concurrent else total
@@ -151,7 +178,7 @@ class StaggeredDecoderModel:
             if done.all() or step == max_new_tokens - 1:
                 break
             for name, value in outputs.items():
-                target = next_input_name(name)
+                target = next_input_name(name, self.recurrent_stack)
                 if target:
                     state[target] = value
             mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)

@@ -2,6 +2,7 @@
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,3 +149,29 @@ def test_split_refuses_a_stack_reading_another_stacks_output_of_the_same_step():
 def test_bad_stagformer_configs_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
         make_config("stagformer", "tiny", overrides)
+
+
+def test_recurrent_decoding_matches_pytorch_by_generation(artifacts):
+    """Teacher forcing cannot tell recurrent decoding apart, so compare whole generations."""
+    ckpt, art = artifacts.get(family="stagformer", **GRID["p2-shared"])
+    _, model = load_checkpoint(ckpt)
+    runtime = load(art, schedule="recurrent")
+    normal = load(art).generate([[5, 6, 7, 8]], 24, stop_tokens=[]).tokens
+    for prompt in ([5, 6, 7, 8], [9], list(range(3, 40))):
+        result = runtime.generate([prompt], 24, stop_tokens=[], return_logits=True)
+        tokens, logits = model.generate_recurrent(torch.tensor([prompt]), 24)
+        assert result.tokens[0] == tokens[0].tolist()
+        assert (torch.from_numpy(np.stack(result.logits, 1)) - logits).abs().max() <= ATOL
+    recurrent = runtime.generate([[5, 6, 7, 8]], 24, stop_tokens=[]).tokens
+    assert recurrent != normal  # it is a different decoding, not the staggered one renamed
+
+
+def test_recurrent_decoding_needs_shared_weights_and_a_split(artifacts):
+    from edgeseq.errors import LoadError
+
+    _, separate = artifacts.get(family="stagformer", **GRID["p2"])
+    with pytest.raises(LoadError, match="needs a model with shared_weights=true"):
+        load(separate, schedule="recurrent")
+    _, unsplit = artifacts.get(family="stagformer", split=False, **GRID["p2-shared"])
+    with pytest.raises(LoadError, match="needs a split artifact"):
+        load(unsplit, schedule="recurrent")
