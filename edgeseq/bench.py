@@ -53,18 +53,21 @@ from edgeseq.errors import BuildError
 from edgeseq.runtimes import load
 import onnxruntime  # noqa: F401  (the library itself counts as "before")
 before = resident_mb()
-model = load(sys.argv[1], threads=1)
+model = load(sys.argv[1], threads=1, low_memory=sys.argv[2] == "low")
 model.generate([[5, 6, 7]], max_new_tokens=2, stop_tokens=[])
 print(resident_mb() - before)
 """
 
 
-def resident_after_load_mb(artifact: str | Path) -> float:
+def resident_after_load_mb(artifact: str | Path, low_memory: bool = False) -> float:
     """Resident memory a freshly loaded runtime adds (weights, sessions), in its own process."""
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", RESIDENT_PROBE, str(artifact)], capture_output=True, text=True, check=True)
+    mode = "low" if low_memory else "default"
+    out = subprocess.run(
+        [sys.executable, "-c", RESIDENT_PROBE, str(artifact), mode], capture_output=True, text=True, check=True
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 

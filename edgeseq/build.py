@@ -16,7 +16,13 @@ import onnx_ir as ir
 
 from edgeseq import __version__
 from edgeseq.exporters import ExportedGraph
-from edgeseq.runtimes.artifact import FORMAT_VERSION, MANIFEST_FILE, WEIGHT_ALIGNMENT, WEIGHTS_FILE, sha256_file
+from edgeseq.runtimes.artifact import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    WEIGHT_ALIGNMENT,
+    WEIGHTS_FILE,
+    sha256_file,
+)
 
 INLINE_BELOW_BYTES = 64
 

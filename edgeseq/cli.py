@@ -142,14 +142,15 @@ def parse_ids(text: str) -> list[int]:
 @click.option("--target", default="ort-cpu", show_default=True)
 @click.option("--threads", default=None, type=int, help="Intra-op threads in all (default: all cores).")
 @click.option("--schedule", type=click.Choice(["concurrent", "sequential", "recurrent"]), default="concurrent", show_default=True, help="StagFormer: a step's stages concurrently, in turn, or recurrent (shared weights: last stack only).")
+@click.option("--low-memory", is_flag=True, help="No weight prepacking: about half the memory, slower at batch > 1.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def generate(artifact, inputs, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_tokens, target, threads, schedule, as_json):
+def generate(artifact, inputs, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_tokens, target, threads, schedule, low_memory, as_json):
     """Generate tokens from a compiled ARTIFACT."""
     from edgeseq.runtimes import SamplingOptions, load
 
     rows = [parse_ids(text) for text in inputs]
-    model = load(artifact, target=target, threads=threads, schedule=schedule)
+    model = load(artifact, target=target, threads=threads, schedule=schedule, low_memory=low_memory)
     sampling = SamplingOptions(do_sample, temperature, top_k, top_p, seed)
     result = model.generate(rows, max_new_tokens, list(stop_tokens) or None, sampling)
     if as_json:

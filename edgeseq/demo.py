@@ -8,7 +8,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -16,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from edgeseq.models.checkpoint import load_checkpoint, make_config, save_checkpoint
 from edgeseq.models.red import RedModel
 from edgeseq.models.tasks import CompositionTask, exact_match
-from edgeseq.models.training import train
+from edgeseq.models.training import greedy_accuracy, train
 from edgeseq.pipeline import compile_checkpoint
 from edgeseq.runtimes import load
 
@@ -24,19 +23,39 @@ HELD_OUT_SEED = 123_456  # never produced by the training sampler's seeds
 console = Console()
 
 
+VALIDATION_SEED = 77_777  # picks the attempt; the held-out seed below only reports
+ATTEMPTS = 3
+
+
 def train_or_reuse(ckpt: Path, task: CompositionTask, steps: int, retrain: bool):
+    """Train until the validation split is >= 95% right (up to 3 seeds), or reuse the checkpoint.
+
+    The lookup is learned after a loss plateau whose length depends on the seed: most
+    seeds reach 100% within 2000 steps, some stay on the plateau. Checking and retrying
+    with the next seed makes the demo dependable without hiding that.
+    """
     if ckpt.exists() and not retrain:
         console.print(f"reusing trained checkpoint {ckpt} (pass --retrain to train again)")
         return load_checkpoint(ckpt)[1]
+    # d_model 128: at 64 far fewer seeds leave the plateau within the step budget
     config = make_config("red", "tiny", {
         "vocab_size": task.vocab_size, "max_positions": 64, "source_autoencoder_weight": 0.1,
+        "d_model": 128, "d_ff": 512,
     })
-    torch.manual_seed(0)
-    model = RedModel(config)
-    with Progress(TextColumn("training tiny RED"), BarColumn(), TextColumn("{task.fields[loss]}"),
-                  TimeRemainingColumn(), console=console) as progress:
-        bar = progress.add_task("train", total=steps, loss="")
-        train(model, task, steps=steps, on_step=lambda s, loss: progress.update(bar, advance=1, loss=f"loss {loss:.3f}"))
+    for attempt in range(ATTEMPTS):
+        torch.manual_seed(attempt)
+        model = RedModel(config)
+        with Progress(TextColumn(f"training tiny RED (seed {attempt})"), BarColumn(), TextColumn("{task.fields[loss]}"),
+                      TimeRemainingColumn(), console=console) as progress:
+            bar = progress.add_task("train", total=steps, loss="")
+            train(model, task, steps=steps, seed=attempt,
+                  on_step=lambda s, loss, bar=bar: progress.update(bar, advance=1, loss=f"loss {loss:.3f}"))
+        accuracy = greedy_accuracy(model, task, seed=VALIDATION_SEED)
+        console.print(f"validation accuracy {accuracy:.1%}")
+        if accuracy >= 0.95:
+            break
+        if attempt < ATTEMPTS - 1:
+            console.print("still on the loss plateau; retrying with the next seed")
     save_checkpoint(model, "red", ckpt, force=True)
     return model
 
@@ -48,11 +67,11 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=256)
     parser.add_argument("--retrain", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
     task = CompositionTask(n_functions=2, n_values=8)
     ckpt, art = args.workdir / "red-composition", args.workdir / "red-composition.artifact"
 
     model = train_or_reuse(ckpt, task, args.steps, args.retrain)
+    torch.set_num_threads(1)  # the timed comparison below: one thread each
     with console.status("compiling (export -> passes -> artifact -> parity check)"):
         manifest = compile_checkpoint(ckpt, art, force=True)
     p = manifest["parity"]
@@ -61,12 +80,15 @@ def main(argv=None) -> int:
 
     source, target = task.sample(args.queries, HELD_OUT_SEED)
     runtime = load(art, threads=1)
+    src = torch.from_numpy(source)
+    run_ort = lambda: runtime.generate(source.tolist(), max_new_tokens=task.target_length).tokens  # noqa: E731
+    run_torch = lambda: model.generate_greedy(src, torch.ones_like(src), task.target_length)[0]  # noqa: E731
+    run_ort(), run_torch()  # warm-up: first calls size the memory arenas
     start = time.perf_counter()
-    ort_tokens = runtime.generate(source.tolist(), max_new_tokens=task.target_length).tokens
+    ort_tokens = run_ort()
     ort_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    src = torch.from_numpy(source)
-    torch_tokens, _ = model.generate_greedy(src, torch.ones_like(src), task.target_length)
+    torch_tokens = run_torch()
     torch_seconds = time.perf_counter() - start
 
     ort_acc = exact_match(ort_tokens, target)

@@ -11,7 +11,6 @@ import torch
 from .base import FamilyExporter, GraphSpec, TensorSpec
 
 
-
 def _kv(prefix: str, i: int, length_dim: str, c) -> tuple[TensorSpec, TensorSpec]:
     dims = ("batch", c.n_heads, length_dim, c.d_model // c.n_heads)
     return (TensorSpec(f"{prefix}_key.{i}", "float32", dims), TensorSpec(f"{prefix}_value.{i}", "float32", dims))

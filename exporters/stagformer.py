@@ -11,18 +11,21 @@ import torch
 from .base import FamilyExporter, GraphSpec, TensorSpec
 
 
-def _kv(prefix: str, k: int, l: int, length, c) -> tuple[TensorSpec, TensorSpec]:
+def _kv(prefix: str, k: int, layer: int, length, c) -> tuple[TensorSpec, TensorSpec]:
     dims = ("batch", c.n_heads, length, c.d_model // c.n_heads)
-    return (TensorSpec(f"{prefix}_key.{k}.{l}", "float32", dims), TensorSpec(f"{prefix}_value.{k}.{l}", "float32", dims))
+    return (
+        TensorSpec(f"{prefix}_key.{k}.{layer}", "float32", dims),
+        TensorSpec(f"{prefix}_value.{k}.{layer}", "float32", dims),
+    )
 
 
 def _caches(prefix: str, cross_prefix: str, self_len, cross_len, c) -> tuple[TensorSpec, ...]:
     """Per stack: its self caches, then (k > 0) its cross caches."""
     out = []
     for k in range(c.n_stacks):
-        out += [t for l in range(c.layers_per_stack) for t in _kv(prefix, k, l, self_len, c)]
+        out += [t for i in range(c.layers_per_stack) for t in _kv(prefix, k, i, self_len, c)]
         if k > 0:
-            out += [t for l in range(c.layers_per_stack) for t in _kv(cross_prefix, k, l, cross_len, c)]
+            out += [t for i in range(c.layers_per_stack) for t in _kv(cross_prefix, k, i, cross_len, c)]
     return tuple(out)
 
 

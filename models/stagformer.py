@@ -132,18 +132,18 @@ class Stack(nn.Module):
         Returns the stack's output [B, Tn, D], its caches, its cross caches, logits (last stack).
         """
         presents, cross_presents = [], []
-        for l, block in enumerate(self.blocks):
+        for i, block in enumerate(self.blocks):
             h = block.attn_norm(x)
             k_new, v_new = block.attn.keys_values(h)
-            key = torch.cat([past[l][0], k_new], dim=2)
-            value = torch.cat([past[l][1], v_new], dim=2)
+            key = torch.cat([past[i][0], k_new], dim=2)
+            value = torch.cat([past[i][1], v_new], dim=2)
             presents.append((key, value))
             x = x + block.attn.output(attend(block.attn.query(h), key, value, self_allowed))
             if self.index > 0:
-                cross = self.cross[l]
+                cross = self.cross[i]
                 mk, mv = cross.memory_kv(memory)
-                ck = torch.cat([cross_past[l][0], mk], dim=2)
-                cv = torch.cat([cross_past[l][1], mv], dim=2)
+                ck = torch.cat([cross_past[i][0], mk], dim=2)
+                cv = torch.cat([cross_past[i][1], mv], dim=2)
                 cross_presents.append((ck, cv))
                 nk, nv = cross.memory_kv(self.null_memory.expand(x.shape[0], 1, -1))  # [B, H, 1, Dh]
                 q = cross.proj.query(cross.norm(x))

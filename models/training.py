@@ -1,4 +1,5 @@
-"""A small CPU training loop for the composition task, with RED's source auto-encoder loss.
+"""A small CPU training loop for the composition task: RED (with its source auto-encoder
+loss) as an encoder-decoder, StagFormer as a decoder-only LM with its stacks run in turn.
 
 Gets a tiny model to high held-out accuracy in a minute or two on two cores, so that
 demos and tests run on weights whose outputs mean something.
@@ -30,10 +31,28 @@ def red_loss(model, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return loss
 
 
+def decoder_only_loss(model, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A decoder-only LM (StagFormer) reads [source ; bos ; target] and is scored on the target."""
+    seq = torch.cat([source, torch.full((source.shape[0], 1), BOS), target[:, :-1]], dim=1)
+    n = seq.shape[1]
+    logits, *_ = model(seq, torch.arange(n).expand(seq.shape[0], -1), torch.ones_like(seq))
+    answer = logits[:, source.shape[1] :]  # positions from bos on predict the target
+    return F.cross_entropy(answer.flatten(0, 1), target.flatten())
+
+
+def decoder_only_prompt(source) -> list[list[int]]:
+    """The prompt a trained decoder-only model continues: the source, then bos."""
+    return [list(row) + [BOS] for row in source.tolist()]
+
+
 def greedy_accuracy(model, task: CompositionTask, n: int = 256, seed: int = 10_000) -> float:
     source, target = task.sample(n, seed)
     src = torch.from_numpy(source)
-    tokens, _ = model.generate_greedy(src, torch.ones_like(src), task.target_length)
+    if hasattr(model, "encode"):  # encoder-decoder (RED)
+        tokens, _ = model.generate_greedy(src, torch.ones_like(src), task.target_length)
+    else:
+        prompt = torch.tensor(decoder_only_prompt(source))
+        tokens, _ = model.generate_greedy(prompt, task.target_length)
     return exact_match(tokens.tolist(), target)
 
 
@@ -47,6 +66,7 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """AdamW with warmup and cosine decay; returns the loss curve."""
+    loss_fn = red_loss if hasattr(model, "encode") else decoder_only_loss
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -58,7 +78,7 @@ def train(
     for step in range(steps):
         # fresh samples every step: the train seeds never reach the held-out seed range
         source, target = task.sample(batch, seed * 1_000_003 + step)
-        loss = red_loss(model, torch.from_numpy(source), torch.from_numpy(target))
+        loss = loss_fn(model, torch.from_numpy(source), torch.from_numpy(target))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -18,17 +18,19 @@ RUNTIME_FAMILIES = ("red", "stagformer")
 
 
 def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, verify: bool = True,
-         schedule: str = "concurrent"):
+         schedule: str = "concurrent", low_memory: bool = False):
     """Load a compiled artifact: verify it, create every session, return the family's model.
 
     `threads` is the total intra-op thread budget (default: all cores); `schedule`
-    (StagFormer) runs the stages of a step `concurrent`ly or `sequential`ly.
+    (StagFormer) runs the stages of a step `concurrent`ly, `sequential`ly, or
+    `recurrent`ly (shared weights); `low_memory` turns off ONNX Runtime's weight
+    prepacking: about half the resident memory, slower at batch > 1.
     """
     artifact = read_artifact(path, verify=verify)
     if artifact.family == "red":
-        return EncoderDecoderModel(artifact, OrtBackend(artifact, target=target, threads=threads))
+        return EncoderDecoderModel(artifact, OrtBackend(artifact, target, threads, low_memory=low_memory))
     if artifact.family == "stagformer":
-        return StaggeredDecoderModel(artifact, target, threads, schedule)
+        return StaggeredDecoderModel(artifact, target, threads, schedule, low_memory)
     raise LoadError(
         f"artifact family {artifact.family!r} has no runtime in this edgeseq",
         f"this edgeseq runs: {', '.join(RUNTIME_FAMILIES)}; upgrade edgeseq",

@@ -76,7 +76,7 @@ class StaggeredDecoderModel:
     """A loaded StagFormer artifact (split into stages, or one step graph)."""
 
     def __init__(self, artifact: Artifact, target: str = "ort-cpu", threads: int | None = None,
-                 schedule: str = "concurrent"):
+                 schedule: str = "concurrent", low_memory: bool = False):
         if schedule not in SCHEDULES:
             raise LoadError(f"unknown schedule {schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
         graphs = artifact.manifest["graphs"]
@@ -103,7 +103,8 @@ class StaggeredDecoderModel:
         total = threads or os.cpu_count() or 1
         per_stage = max(1, total // len(self.step_graphs)) if self.concurrent else total
         self.backend = OrtBackend(
-            artifact, target, threads=total, threads_per_graph={g: per_stage for g in self.step_graphs}
+            artifact, target, threads=total, threads_per_graph={g: per_stage for g in self.step_graphs},
+            low_memory=low_memory,
         )
         self.artifact = artifact
         self.config = artifact.config

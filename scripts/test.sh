@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Quickstart 2: install, then run the test suite (fast grid; pass -m slow for the slow grids).
+# Quickstart 2: install, lint, then run the test suite (fast grid; pass -m slow for the slow grids).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q -p no:logging "$@"

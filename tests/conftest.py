@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from edgeseq.models.checkpoint import make_config, save_checkpoint
 from edgeseq.models.red import RedModel
 from edgeseq.models.stagformer import StagFormerModel
+
 from edgeseq.pipeline import compile_checkpoint
 
 ALL_ON = dict(

@@ -4,11 +4,11 @@ import json
 import shutil
 
 import pytest
-
 from conftest import ALL_ON
-from edgeseq.errors import BuildError, LoadError, ParityError
 from edgeseq.runtimes import load, read_artifact
 from edgeseq.runtimes.artifact import FORMAT_VERSION
+
+from edgeseq.errors import BuildError, LoadError, ParityError
 
 
 def layer_bytes(manifest) -> int:

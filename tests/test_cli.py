@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import ALL_ON
+
 from edgeseq.cli import cli
 
 

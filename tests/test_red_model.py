@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import ALL_OFF, ALL_ON, red_model
 from edgeseq.models.red import SWITCHES
 
@@ -19,7 +18,7 @@ def decoder_only_lm_logits(model, tokens: torch.Tensor) -> torch.Tensor:
         h = layer.attn_norm(x)
         heads = layer.attn.n_heads
 
-        def split(t):
+        def split(t, heads=heads):
             return t.view(b, n, heads, -1).transpose(1, 2)
 
         q, k, v = split(layer.attn.q(h)), split(layer.attn.k(h)), split(layer.attn.v(h))

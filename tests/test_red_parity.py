@@ -8,14 +8,14 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
 from conftest import ALL_OFF, ALL_ON
 from edgeseq.exporters import EXPORTERS
 from edgeseq.models import FAMILIES
 from edgeseq.models.checkpoint import load_checkpoint
 from edgeseq.models.red import SWITCHES
-from edgeseq.parity import encoder_decoder_parity
 from edgeseq.runtimes import load
+
+from edgeseq.parity import encoder_decoder_parity
 
 ATOL = 1e-4
 MIXED = [

@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from conftest import ALL_ON
-from edgeseq.errors import GenerateError
 from edgeseq.runtimes import SamplingOptions, load
 from edgeseq.runtimes.sampling import choose_next
+
+from edgeseq.errors import GenerateError
 
 
 def test_runtime_runs_without_torch_onnx_models_or_exporters(artifacts):

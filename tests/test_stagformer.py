@@ -5,16 +5,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-
 from conftest import stagformer_model
-from edgeseq.errors import ConfigError, PassError
 from edgeseq.exporters import GraphSpec, TensorSpec, exporter_for
 from edgeseq.exporters.base import export_graph
 from edgeseq.exporters.stagformer import stack_state_inputs
 from edgeseq.models.checkpoint import load_checkpoint, make_config
-from edgeseq.parity import decoder_only_parity
 from edgeseq.passes.split_stages import SplitStagesPass
 from edgeseq.runtimes import load, read_artifact
+
+from edgeseq.errors import ConfigError, PassError
+from edgeseq.parity import decoder_only_parity
 
 ATOL = 1e-4
 CASES = [[1], [6], [40], [1, 17, 9]]  # prompt lengths; the last is one left-padded batch
@@ -104,8 +104,8 @@ def test_state_ownership_is_declared_per_stack():
 
 
 def test_split_refuses_a_graph_that_is_not_a_stagformer_step(artifacts):
-    from edgeseq.exporters.red import decoder_step_spec
     from conftest import red_model
+    from edgeseq.exporters.red import decoder_step_spec
 
     model = red_model()
     spec = decoder_step_spec(model.config)

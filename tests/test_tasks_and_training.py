@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-
 from edgeseq.models.checkpoint import make_config
 from edgeseq.models.red import RedModel
+from edgeseq.models.stagformer import StagFormerModel
 from edgeseq.models.tasks import EOS, FIRST_VALUE, CompositionTask
 from edgeseq.models.training import greedy_accuracy, train
 
@@ -36,10 +36,22 @@ def test_training_reduces_the_loss():
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
 
 
+def test_stagformer_trains_as_a_decoder_only_lm():
+    task = CompositionTask(2, 6)
+    config = make_config("stagformer", "tiny", {"vocab_size": task.vocab_size, "d_model": 32})
+    torch.manual_seed(0)
+    model = StagFormerModel(config)
+    losses = train(model, task, steps=60, batch=32, lr=3e-3)
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
+    assert 0.0 <= greedy_accuracy(model, task, n=8) <= 1.0
+
+
 @pytest.mark.slow
 def test_training_reaches_high_accuracy():
     task = CompositionTask(2, 8)
-    config = make_config("red", "tiny", {"vocab_size": task.vocab_size, "max_positions": 64, "source_autoencoder_weight": 0.1})
+    config = make_config("red", "tiny", {
+        "vocab_size": task.vocab_size, "max_positions": 64, "source_autoencoder_weight": 0.1, "d_model": 128, "d_ff": 512,
+    })
     torch.manual_seed(0)
     model = RedModel(config)
     train(model, task, steps=2000, batch=64)
