@@ -11,9 +11,8 @@ import json
 from pathlib import Path
 
 from edgeseq.models.checkpoint import init_checkpoint
-from edgeseq.runtimes import read_artifact
 
-from edgeseq.bench import bench_artifact, resident_after_load_mb
+from edgeseq.bench import bench_artifact, sharing_report, sharing_table
 from edgeseq.pipeline import compile_checkpoint
 
 RESULTS = Path(__file__).parent / "results" / "red-small.json"
@@ -39,19 +38,7 @@ def main() -> None:
 
     print("timing ONNX Runtime vs PyTorch eager ...", flush=True)
     speed = bench_artifact(art, vs_torch=ckpt, rounds=args.rounds, threads=args.threads)
-    sharing = {
-        name: {
-            "weight_bytes": read_artifact(a).manifest["stats"]["weight_bytes"],
-            "resident_mb": resident_after_load_mb(a),
-            "resident_mb_low_memory": resident_after_load_mb(a, low_memory=True),
-        }
-        for name, a in (("shared", art_shared_lw), ("separate", art_sep))
-    }
-    sharing["weight_bytes_ratio"] = sharing["shared"]["weight_bytes"] / sharing["separate"]["weight_bytes"]
-    sharing["resident_ratio"] = sharing["shared"]["resident_mb"] / sharing["separate"]["resident_mb"]
-    sharing["resident_ratio_low_memory"] = (
-        sharing["shared"]["resident_mb_low_memory"] / sharing["separate"]["resident_mb_low_memory"]
-    )
+    sharing = sharing_report(shared=art_shared_lw, separate=art_sep)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"speed": speed, "share_parameters": sharing}, indent=2))
 
@@ -68,13 +55,7 @@ def main() -> None:
     print(f"\nbandwidth {speed['bandwidth_gb_s']:.1f} GB/s (copy, read+write), "
           f"{speed['weight_bytes_per_token'] / 1e6:.2f} MB of weights per token, "
           f"roofline {speed['roofline_tok_s_b1']:.0f} tok/s at batch 1")
-    print("\n| share_parameters | weight bytes | resident MB after load |")
-    print("|---|---|---|")
-    for name in ("shared", "separate"):
-        print(f"| {name} | {sharing[name]['weight_bytes'] / 1e6:.2f} MB | {sharing[name]['resident_mb']:.1f} "
-              f"| {sharing[name]['resident_mb_low_memory']:.1f} |")
-    print(f"| **ratio** | **{sharing['weight_bytes_ratio']:.2f}** | {sharing['resident_ratio']:.2f} "
-          f"| {sharing['resident_ratio_low_memory']:.2f} |")
+    print("\n" + sharing_table(sharing, "share_parameters"))
     print(f"\nwrote {RESULTS}")
 
 

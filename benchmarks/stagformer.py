@@ -19,7 +19,7 @@ import numpy as np
 from edgeseq.models.checkpoint import init_checkpoint
 from edgeseq.runtimes import load, read_artifact
 
-from edgeseq.bench import decode_tok_s, measure_bandwidth, resident_after_load_mb
+from edgeseq.bench import decode_tok_s, measure_bandwidth, sharing_report, sharing_table
 from edgeseq.pipeline import compile_checkpoint
 
 RESULTS = Path(__file__).parent / "results" / "stagformer-edge.json"
@@ -102,19 +102,7 @@ def main() -> None:
     stages = stage_times_ms(load(split, threads=t, schedule="sequential"), rows[1])
     manifest = read_artifact(split).manifest
     per_stage_bytes = manifest["stats"]["weight_bytes_per_token_per_graph"]
-    sharing = {
-        name: {
-            "weight_bytes": read_artifact(art).manifest["stats"]["weight_bytes"],
-            "resident_mb": resident_after_load_mb(art),
-            "resident_mb_low_memory": resident_after_load_mb(art, low_memory=True),
-        }
-        for name, art in (("separate", split), ("shared", shared))
-    }
-    sharing["weight_bytes_ratio"] = sharing["shared"]["weight_bytes"] / sharing["separate"]["weight_bytes"]
-    sharing["resident_ratio"] = sharing["shared"]["resident_mb"] / sharing["separate"]["resident_mb"]
-    sharing["resident_ratio_low_memory"] = (
-        sharing["shared"]["resident_mb_low_memory"] / sharing["separate"]["resident_mb_low_memory"]
-    )
+    sharing = sharing_report(shared=shared, separate=split)
     bandwidth = measure_bandwidth()
     report = {"threads": t, "rounds": args.rounds, "new_tokens": args.new_tokens, "decode": table, "ratios": ratios,
               "stage_ms_b1": stages, "stage_weight_bytes_per_token": per_stage_bytes, "bandwidth_gb_s": bandwidth,
@@ -136,13 +124,7 @@ def main() -> None:
     print("|---|---|---|")
     for g, ms in stages.items():
         print(f"| {g} | {ms:.3f} | {per_stage_bytes[g] / 1e6:.2f} |")
-    print("\n| weights | weight bytes | resident MB after load | resident MB, --low-memory |")
-    print("|---|---|---|---|")
-    for name in ("separate", "shared"):
-        print(f"| {name} | {sharing[name]['weight_bytes'] / 1e6:.2f} MB | {sharing[name]['resident_mb']:.1f} "
-              f"| {sharing[name]['resident_mb_low_memory']:.1f} |")
-    print(f"| **ratio** | **{sharing['weight_bytes_ratio']:.2f}** | {sharing['resident_ratio']:.2f} "
-          f"| {sharing['resident_ratio_low_memory']:.2f} |")
+    print("\n" + sharing_table(sharing, "weights"))
     print(f"\nwrote {RESULTS}")
 
 

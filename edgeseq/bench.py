@@ -71,6 +71,36 @@ def resident_after_load_mb(artifact: str | Path, low_memory: bool = False) -> fl
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def sharing_report(shared: str | Path, separate: str | Path) -> dict[str, Any]:
+    """Weight bytes and resident memory (default and low-memory) of two artifacts of one model
+    with and without weight sharing, each runtime measured in a fresh process."""
+    from edgeseq.runtimes import read_artifact
+
+    report: dict[str, Any] = {
+        name: {
+            "weight_bytes": read_artifact(art).manifest["stats"]["weight_bytes"],
+            "resident_mb": resident_after_load_mb(art),
+            "resident_mb_low_memory": resident_after_load_mb(art, low_memory=True),
+        }
+        for name, art in (("shared", shared), ("separate", separate))
+    }
+    for key, ratio in (("weight_bytes", "weight_bytes_ratio"), ("resident_mb", "resident_ratio"),
+                       ("resident_mb_low_memory", "resident_ratio_low_memory")):
+        report[ratio] = report["shared"][key] / report["separate"][key]
+    return report
+
+
+def sharing_table(report: dict[str, Any], label: str) -> str:
+    """The markdown table the README quotes for a sharing_report."""
+    lines = [f"| {label} | weight bytes | resident MB after load | resident MB, --low-memory |", "|---|---|---|---|"]
+    for name in ("shared", "separate"):
+        r = report[name]
+        lines.append(f"| {name} | {r['weight_bytes'] / 1e6:.2f} MB | {r['resident_mb']:.1f} | {r['resident_mb_low_memory']:.1f} |")
+    lines.append(f"| **ratio** | **{report['weight_bytes_ratio']:.2f}** | {report['resident_ratio']:.2f} "
+                 f"| {report['resident_ratio_low_memory']:.2f} |")
+    return "\n".join(lines)
+
+
 def decode_tok_s(generate: Callable, rows: list[list[int]], new_tokens: int) -> float:
     """Decode tokens/s of `generate(rows, n)`: (T(n) - T(1)) removes prefill and first-step costs."""
     t_one = _timed(generate, rows, 1)

@@ -27,6 +27,13 @@ class Linear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
 
+def normal_embedding(num: int, dim: int) -> nn.Embedding:
+    """A lookup table initialised like the linear weights (std 0.02)."""
+    table = nn.Embedding(num, dim)
+    nn.init.normal_(table.weight, std=0.02)
+    return table
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward block (GELU)."""
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from edgeseq.errors import ConfigError
 
-from .layers import MLP, AttentionProjections, Linear, attend, causal_allowed
+from .layers import MLP, AttentionProjections, Linear, attend, causal_allowed, normal_embedding
 
 
 @dataclass
@@ -106,10 +106,8 @@ class RedModel(nn.Module):
         super().__init__()
         config.validate()
         self.config = c = config
-        self.embed = nn.Embedding(c.vocab_size, c.d_model)
-        self.pos = nn.Embedding(c.max_positions, c.d_model)
-        nn.init.normal_(self.embed.weight, std=0.02)
-        nn.init.normal_(self.pos.weight, std=0.02)
+        self.embed = normal_embedding(c.vocab_size, c.d_model)
+        self.pos = normal_embedding(c.max_positions, c.d_model)
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_layers))
         # share_parameters: the encoder IS the decoder's self-attention + MLP stack, so
         # the weights exist once in the state dict, in the artifact and in memory.

@@ -22,7 +22,7 @@ from torch import nn
 
 from edgeseq.errors import ConfigError
 
-from .layers import MLP, AttentionProjections, Linear, attend
+from .layers import MLP, AttentionProjections, Linear, attend, normal_embedding
 
 
 @dataclass
@@ -162,10 +162,8 @@ class StagFormerModel(nn.Module):
         super().__init__()
         config.validate()
         self.config = c = config
-        self.embed = nn.Embedding(c.vocab_size, c.d_model)
-        self.pos = nn.Embedding(c.max_positions, c.d_model)
-        nn.init.normal_(self.embed.weight, std=0.02)
-        nn.init.normal_(self.pos.weight, std=0.02)
+        self.embed = normal_embedding(c.vocab_size, c.d_model)
+        self.pos = normal_embedding(c.max_positions, c.d_model)
         shared = nn.ModuleList(Block(c) for _ in range(c.layers_per_stack)) if c.shared_weights else None
         self.stacks = nn.ModuleList(Stack(c, k, shared) for k in range(c.n_stacks))
 

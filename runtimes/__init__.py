@@ -9,7 +9,8 @@ from pathlib import Path
 from edgeseq.errors import LoadError
 
 from .artifact import FORMAT_VERSION, Artifact, read_artifact
-from .encoder_decoder import EncoderDecoderModel, GenerateResult
+from .decoding import GenerateResult
+from .encoder_decoder import EncoderDecoderModel
 from .ort_backend import TARGETS, OrtBackend
 from .sampling import SamplingOptions
 from .staggered import SCHEDULES, StaggeredDecoderModel

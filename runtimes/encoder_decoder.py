@@ -5,42 +5,14 @@ many threads at once, so `generate` is safe to call concurrently. Caches stay Or
 from one step to the next: only the logits cross into numpy.
 """
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from edgeseq.errors import GenerateError
 
 from .artifact import Artifact
+from .decoding import Decoding, GenerateResult
 from .ort_backend import OrtBackend
-from .sampling import SamplingOptions, choose_next
-
-
-@dataclass
-class GenerateResult:
-    tokens: list[list[int]]  # per row, generated ids (a stop token, if hit, is the last)
-    logits: list[np.ndarray] = field(default_factory=list)  # per step [B, V], when asked for
-
-
-def normalize_input(input_ids, vocab_size: int) -> list[list[int]]:
-    """Accept one sequence or a batch of them; reject empty or out-of-vocabulary ids."""
-    if isinstance(input_ids, np.ndarray):
-        input_ids = input_ids.tolist()
-    if not isinstance(input_ids, (list, tuple)) or len(input_ids) == 0:
-        raise GenerateError("input is empty", "pass at least one token id, e.g. --input-ids \"5 17 3\"")
-    rows = [list(input_ids)] if not isinstance(input_ids[0], (list, tuple, np.ndarray)) else [list(r) for r in input_ids]
-    for b, row in enumerate(rows):
-        if not row:
-            raise GenerateError(f"input row {b} is empty", "every sequence needs at least one token id")
-        for t in row:
-            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
-                raise GenerateError(f"input row {b} holds {t!r}, not a token id", "pass integer token ids")
-            if not 0 <= t < vocab_size:
-                raise GenerateError(
-                    f"token id {t} in row {b} is outside the vocabulary [0, {vocab_size})",
-                    f"use ids from 0 to {vocab_size - 1}",
-                )
-    return rows
+from .sampling import SamplingOptions
 
 
 class EncoderDecoderModel:
@@ -52,7 +24,7 @@ class EncoderDecoderModel:
         c = artifact.config
         self.config = c
         self.n_layers = c["n_layers"]
-        self.kv_shape = (c["n_heads"], c["d_model"] // c["n_heads"])
+        self.heads, self.head_dim = c["n_heads"], c["d_model"] // c["n_heads"]
         self.encoder = artifact.graph("encoder")["name"]
         self.decoder = artifact.graph("decoder_step")["name"]
 
@@ -94,42 +66,26 @@ class EncoderDecoderModel:
 
         `stop_tokens=None` uses the model's eos; pass [] to always run max_new_tokens.
         """
-        sampling = sampling or SamplingOptions()
-        sampling.validate()
-        if max_new_tokens < 1:
-            raise GenerateError(f"max_new_tokens={max_new_tokens} must be >= 1", "ask for at least one new token")
+        d = Decoding(input_ids, self.config, max_new_tokens, stop_tokens, sampling, return_logits)
         c = self.config
-        rows = normalize_input(input_ids, c["vocab_size"])
-        stops = np.array([c["eos_token_id"]] if stop_tokens is None else list(stop_tokens), dtype=np.int64)
-        source_lengths = np.array([len(r) for r in rows])
-        self._check_lengths(source_lengths, max_new_tokens)
-        source_kv, mask, lengths = self.encode(rows)
-        batch = len(rows)
+        self._check_lengths(np.array([len(r) for r in d.rows]), max_new_tokens)
+        source_kv, mask, lengths = self.encode(d.rows)
+        batch = len(d.rows)
         feeds = {"source_mask": mask}
+        empty = np.zeros((batch, self.heads, 0, self.head_dim), dtype=np.float32)
         for i in range(self.n_layers):
             feeds[f"source_key.{i}"], feeds[f"source_value.{i}"] = source_kv[2 * i], source_kv[2 * i + 1]
-            empty = np.zeros((batch, *self.kv_shape[:1], 0, self.kv_shape[1]), dtype=np.float32)
             feeds[f"past_key.{i}"] = feeds[f"past_value.{i}"] = empty
         start = lengths[:, None] if c["consecutive_positions"] else np.zeros((batch, 1), dtype=np.int64)
         token = np.full((batch, 1), c["bos_token_id"], dtype=np.int64)
-        rng = np.random.default_rng(sampling.seed)
-        done = np.zeros(batch, dtype=bool)
-        generated: list[list[int]] = [[] for _ in range(batch)]
-        step_logits = []
         for step in range(max_new_tokens):
             feeds["input_ids"] = token
             feeds["positions"] = start + step
             outputs = self.backend.run(self.decoder, feeds)
-            logits = outputs[0].numpy()[:, -1]  # logits: [B, V]
-            if return_logits:
-                step_logits.append(logits)
-            next_ids = choose_next(logits, sampling, rng)
-            for b in np.flatnonzero(~done):
-                generated[b].append(int(next_ids[b]))
-            done |= np.isin(next_ids, stops)
-            if done.all():
+            next_ids = d.choose(outputs[0].numpy()[:, -1])  # logits: [B, V]
+            if d.finished:
                 break
             for i in range(self.n_layers):
                 feeds[f"past_key.{i}"], feeds[f"past_value.{i}"] = outputs[1 + 2 * i], outputs[2 + 2 * i]
             token = next_ids[:, None]
-        return GenerateResult(generated, step_logits)
+        return d.result

@@ -23,9 +23,9 @@ import numpy as np
 from edgeseq.errors import GenerateError, LoadError
 
 from .artifact import Artifact
-from .encoder_decoder import GenerateResult, normalize_input
+from .decoding import Decoding, GenerateResult
 from .ort_backend import OrtBackend
-from .sampling import SamplingOptions, choose_next
+from .sampling import SamplingOptions
 
 SCHEDULES = ("concurrent", "sequential", "recurrent")
 
@@ -148,35 +148,20 @@ class StaggeredDecoderModel:
         return_logits: bool = False,
     ) -> GenerateResult:
         """Continue each prompt row by up to `max_new_tokens` (rows stop independently)."""
-        sampling = sampling or SamplingOptions()
-        sampling.validate()
-        if max_new_tokens < 1:
-            raise GenerateError(f"max_new_tokens={max_new_tokens} must be >= 1", "ask for at least one new token")
+        d = Decoding(input_ids, self.config, max_new_tokens, stop_tokens, sampling, return_logits)
         c = self.config
-        rows = normalize_input(input_ids, c["vocab_size"])
-        longest = max(len(r) for r in rows)
+        longest = max(len(r) for r in d.rows)
         if longest + max_new_tokens > c["max_positions"]:
             raise GenerateError(
                 f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds max_positions={c['max_positions']}",
                 f"lower --max-new-tokens to {max(c['max_positions'] - longest, 0)} or shorten the prompt",
             )
-        stops = np.array([c["eos_token_id"]] if stop_tokens is None else list(stop_tokens), dtype=np.int64)
-        outputs, mask, positions = self.prefill(rows)
-        logits = outputs["logits"].numpy()[:, -1]
-        rng = np.random.default_rng(sampling.seed)
-        batch = len(rows)
-        done = np.zeros(batch, dtype=bool)
-        generated: list[list[int]] = [[] for _ in range(batch)]
-        step_logits = []
+        outputs, mask, positions = self.prefill(d.rows)
+        batch = len(d.rows)
         state: dict = {}
         for step in range(max_new_tokens):
-            if return_logits:
-                step_logits.append(logits)
-            next_ids = choose_next(logits, sampling, rng)
-            for b in np.flatnonzero(~done):
-                generated[b].append(int(next_ids[b]))
-            done |= np.isin(next_ids, stops)
-            if done.all() or step == max_new_tokens - 1:
+            next_ids = d.choose(outputs["logits"].numpy()[:, -1])
+            if d.finished or step == max_new_tokens - 1:
                 break
             for name, value in outputs.items():
                 target = next_input_name(name, self.recurrent_stack)
@@ -186,5 +171,4 @@ class StaggeredDecoderModel:
             positions = positions + 1
             state.update(input_ids=next_ids[:, None], positions=positions, attention_mask=mask)
             outputs = self._run_step(state)
-            logits = outputs["logits"].numpy()[:, -1]
-        return GenerateResult(generated, step_logits)
+        return d.result
