@@ -5,6 +5,8 @@ compile it, and answer held-out queries with PyTorch and with ONNX Runtime side 
 """
 
 import argparse
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -105,9 +107,12 @@ def main(argv=None) -> int:
     if same != len(ort_tokens) or abs(ort_acc - torch_acc) > 1e-9:
         console.print("[red]ONNX Runtime and PyTorch disagree[/]")
         return 1
+    # the console script sits beside this interpreter (e.g. .venv/bin), maybe not on PATH
+    script = Path(sys.executable).parent / "edgeseq"
+    cli = str(script) if script.exists() and not shutil.which("edgeseq") else "edgeseq"
     console.print("\ntry it yourself:")
-    console.print(f"  edgeseq generate {art} --input-ids \"{' '.join(map(str, source[0]))}\"")
-    console.print(f"  edgeseq inspect {art}")
+    console.print(f"  {cli} generate {art} --input-ids \"{' '.join(map(str, source[0]))}\"")
+    console.print(f"  {cli} inspect {art}")
     return 0
 
 
