@@ -145,7 +145,10 @@ class Stack(nn.Module):
                 ck = torch.cat([cross_past[i][0], mk], dim=2)
                 cv = torch.cat([cross_past[i][1], mv], dim=2)
                 cross_presents.append((ck, cv))
-                nk, nv = cross.memory_kv(self.null_memory.expand(x.shape[0], 1, -1))  # [B, H, 1, Dh]
+                # project the null slot before expanding it to the batch: it then depends on
+                # weights alone and export folds it into a constant [1, H, 1, Dh]
+                nk, nv = cross.memory_kv(self.null_memory.view(1, 1, -1))
+                nk, nv = nk.expand(x.shape[0], -1, -1, -1), nv.expand(x.shape[0], -1, -1, -1)
                 q = cross.proj.query(cross.norm(x))
                 ctx = attend(q, torch.cat([nk, ck], dim=2), torch.cat([nv, cv], dim=2), cross_allowed)
                 x = x + cross.proj.output(ctx)
