@@ -4,12 +4,11 @@ Everything is written to a temporary sibling of the output folder and renamed in
 place at the end; a failure at any stage (including failed parity) leaves nothing behind.
 """
 
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgeseq.atomic import atomic_folder
 from edgeseq.build import write_artifact, write_manifest
 from edgeseq.errors import BuildError, ParityError
 from edgeseq.exporters import export_graphs, exporter_for
@@ -57,9 +56,7 @@ def compile_checkpoint(
         graphs = split_stagformer_steps(graphs, model.config.n_stacks)
     for g in graphs:
         g.model = run_passes(g.model, family, g.spec.name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         say("writing artifact")
         config = config_to_dict(model.config, family)
         config.pop("family")
@@ -80,11 +77,4 @@ def compile_checkpoint(
                     f"(tolerance {report['atol']:.0e}), greedy agreement {report['greedy_token_agreement']:.3f}",
                     "report this model config; --no-verify skips the check at your own risk",
                 )
-        tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

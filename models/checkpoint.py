@@ -1,12 +1,9 @@
 """Checkpoint folders: config.json (with "family") + model.safetensors.
 
-Never unpickles: weights go through safetensors only. Writes go to a temporary folder
-that is renamed into place, so a failed save leaves nothing half-written.
+Never unpickles: weights go through safetensors only. Saves are atomic (edgeseq/atomic.py).
 """
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from edgeseq.atomic import atomic_folder
 from edgeseq.errors import CheckpointError, ConfigError
 
 from .config import config_from_dict, config_to_dict, parse_overrides
@@ -51,18 +49,9 @@ def save_checkpoint(model: torch.nn.Module, family: str, out: str | Path, force:
     out = Path(out)
     if out.exists() and not force:
         raise CheckpointError(f"{out} already exists", "choose another -o folder or pass --force")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config_to_dict(model.config, family), indent=2))
         save_file(unique_state(model), str(tmp / WEIGHTS_FILE))
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
