@@ -148,14 +148,17 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, config) -> ir.Model:
 
 @contextlib.contextmanager
 def _quiet_torch_logs():
-    """The exporter logs per-op warnings (e.g. missing torchvision) that mean nothing here."""
-    logger = logging.getLogger("torch.onnx")
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
+    """The exporter and its optimizer log per-op notes (a missing torchvision, a constant
+    they decline to fold) that mean nothing to a user and would pollute --json output."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    previous = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(previous)
+        for logger, level in zip(loggers, previous):
+            logger.setLevel(level)
 
 
 def export_graphs(model: torch.nn.Module, exporter: FamilyExporter, on_graph=None) -> list[ExportedGraph]:

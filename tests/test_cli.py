@@ -117,3 +117,30 @@ def test_parity_against_the_wrong_checkpoint_fails(artifacts):
     _, art = artifacts.get(**ALL_ON)
     result = run("parity", art, "--reference", ckpt_other, "--steps", "8")
     assert result.exit_code == 1 and "FAIL" in result.output
+
+
+def test_stagformer_on_the_cli(tmp_path):
+    ckpt, art, one = tmp_path / "ckpt", tmp_path / "art", tmp_path / "one"
+    sets = ["--set", "d_model=32", "--set", "n_layers=4", "--set", "shared_weights=true", "--set", "vocab_size=40"]
+    assert run("init", "stagformer", "-o", ckpt, *sets).exit_code == 0
+    r = run("compile", ckpt, "-o", art, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["parity"]["passed"]
+    assert run("compile", ckpt, "-o", one, "--no-split").exit_code == 0
+    outputs = []
+    for path, schedule in ((art, "concurrent"), (art, "sequential"), (one, "concurrent")):
+        r = run("generate", path, "--input-ids", "5 17 3", "--input-ids", "9", "--max-new-tokens", "6",
+                "--stop-token", "999", "--schedule", schedule, "--json")
+        assert r.exit_code == 0, r.output
+        outputs.append(json.loads(r.output)["tokens"])
+    assert outputs[0] == outputs[1] == outputs[2]  # same model, however its stages run
+    r = run("generate", art, "--input-ids", "5 17 3", "--schedule", "recurrent", "--low-memory")
+    assert r.exit_code == 0, r.output
+    r = run("inspect", art)
+    text = " ".join(r.output.split())
+    assert "stage.0, stage.1" in text and "stage.0:handoff.0 -> stage.1:memory.1" in text and "sequential depth 2" in text
+    assert "sequential depth 4" in " ".join(run("inspect", one).output.split())
+    assert_one_line_error(run("bench", art, "--vs-torch", ckpt), "--vs-torch is available for red")
+    assert_one_line_error(run("generate", one, "--input-ids", "5", "--schedule", "recurrent"), "needs a split artifact")
+    r = run("bench", art, "--rounds", "1", "--new-tokens", "4", "--source-len", "4", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["family"] == "stagformer"
