@@ -59,18 +59,23 @@ def default_cases(config: dict[str, Any], steps: int) -> tuple[list[list[int]], 
     return [[n] for n in singles] + [mixed], steps
 
 
+def runtime_runs(runtime, steps: int, seed: int, cases: list[list[int]]):
+    """For each case (source lengths, one per row): random rows and the runtime's greedy
+    decoding of them, with step logits and no stop tokens. Yields (lengths, rows, result)."""
+    rng = np.random.default_rng(seed)
+    for lengths in cases:
+        rows = [rng.integers(3, runtime.config["vocab_size"], size=n).tolist() for n in lengths]
+        yield lengths, rows, runtime.generate(rows, max_new_tokens=steps, stop_tokens=[], return_logits=True)
+
+
 def encoder_decoder_parity(
     runtime: EncoderDecoderModel, model: torch.nn.Module, atol: float, steps: int = 64, seed: int = 0,
     cases: list[list[int]] | None = None,
 ) -> dict[str, Any]:
     c = runtime.config
     default, steps = default_cases(c, steps)
-    cases = cases or default
-    rng = np.random.default_rng(seed)
     reports = []
-    for lengths in cases:
-        rows = [rng.integers(3, c["vocab_size"], size=n).tolist() for n in lengths]
-        result = runtime.generate(rows, max_new_tokens=steps, stop_tokens=[], return_logits=True)
+    for lengths, rows, result in runtime_runs(runtime, steps, seed, cases or default):
         ort_tokens = np.array(result.tokens)  # [B, N]
         ort_logits = np.stack(result.logits, axis=1)  # [B, N, V]
         source, mask = _padded(rows, c["pad_token_id"])
@@ -114,13 +119,9 @@ def decoder_only_parity(
     """StagFormer: the runtime's staggered, cached, left-padded decoding vs PyTorch's
     whole-sequence passes run on each row alone (no cache, no padding)."""
     c = runtime.config
-    default, steps = default_cases({**c, "consecutive_positions": True}, steps)
-    cases = cases or default
-    rng = np.random.default_rng(seed)
+    default, steps = default_cases({**c, "consecutive_positions": True}, steps)  # one position range
     reports = []
-    for lengths in cases:
-        rows = [rng.integers(3, c["vocab_size"], size=n).tolist() for n in lengths]
-        result = runtime.generate(rows, max_new_tokens=steps, stop_tokens=[], return_logits=True)
+    for lengths, rows, result in runtime_runs(runtime, steps, seed, cases or default):
         ort_logits = np.stack(result.logits, axis=1)  # [B, N, V]
         worst, agree, ties = 0.0, [], []
         for b, row in enumerate(rows):
