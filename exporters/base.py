@@ -10,7 +10,7 @@ import inspect
 import io
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import onnx_ir as ir
 import torch
@@ -72,7 +72,6 @@ class FamilyExporter:
 
     family: str
     atol: float = 1e-4  # max abs logit difference accepted at fp32
-    extra: dict = field(default_factory=dict)
 
     def graph_specs(self, config) -> list[GraphSpec]:
         raise NotImplementedError

@@ -56,10 +56,6 @@ class RedConfig:
         if self.source_autoencoder_weight < 0:
             raise ConfigError("source_autoencoder_weight must be >= 0", "set it to 0 or a positive weight")
 
-    @property
-    def all_switches_on(self) -> bool:
-        return all(getattr(self, s) for s in SWITCHES)
-
 
 SWITCHES = (
     "unidirectional_cross_attention",
