@@ -94,6 +94,24 @@ def bytes_read_per_token(model: ir.Model) -> int:
     return total
 
 
+def graph_stats(graphs: list[ExportedGraph]) -> dict[str, int]:
+    """Parameters (each named weight once) and per-token work of a set of graphs; compile
+    records them before and after pruning."""
+    seen: dict[str, int] = {}
+    for g in graphs:
+        for name, value in g.model.graph.initializers.items():
+            if value.const_value is not None and value.const_value.dtype.is_floating_point():
+                seen[name] = int(np.prod([int(d) for d in value.const_value.shape]))
+    steps = [g for g in graphs if g.spec.role in ("decoder_step", "step", "stage")]
+    encoders = [g for g in graphs if g.spec.role == "encoder"]
+    return {
+        "parameters": sum(seen.values()),
+        "weight_bytes_per_token": sum(bytes_read_per_token(g.model) for g in steps),
+        "flops_per_token": 2 * sum(matmul_weight_elements(g.model) for g in steps),
+        "encoder_flops_per_source_token": 2 * sum(matmul_weight_elements(g.model) for g in encoders),
+    }
+
+
 def write_artifact(
     folder: Path,
     family: str,

@@ -99,11 +99,12 @@ def encoder_decoder_parity(
 def parity_report(artifact: str | Path, reference: str | Path, steps: int = 64) -> dict[str, Any]:
     """`edgeseq parity`: load both sides and run the family's parity check."""
     from edgeseq.exporters import exporter_for
-    from edgeseq.models.checkpoint import load_checkpoint
     from edgeseq.runtimes import load
+    from edgeseq.sources import load_source
 
     runtime = load(artifact)
-    family, model = load_checkpoint(reference)
+    source = load_source(reference)
+    family, model = source.family, source.model
     if family != runtime.artifact.family:
         raise CheckpointError(
             f"reference is a {family} checkpoint but the artifact is {runtime.artifact.family}",
@@ -145,5 +146,50 @@ def decoder_only_parity(
     return summarize(reports, atol, steps)
 
 
+@torch.inference_mode()
+def hf_greedy(model, source: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
+    """transformers' own cached greedy decoding, no logits processors: [B, steps] ids."""
+    start = model.config.decoder_start_token_id
+    token = torch.full((source.shape[0], 1), start, dtype=torch.long)
+    encoder_out = model.get_encoder()(input_ids=source, attention_mask=mask)
+    past, out = None, []
+    for _ in range(steps):
+        step = model(encoder_outputs=encoder_out, attention_mask=mask, decoder_input_ids=token,
+                     past_key_values=past, use_cache=True)
+        past = step.past_key_values
+        token = step.logits[:, -1:].argmax(-1)
+        out.append(token)
+    return torch.cat(out, dim=1)
+
+
+def hf_parity(
+    runtime: EncoderDecoderModel, model, atol: float, steps: int = 64, seed: int = 0,
+    cases: list[list[int]] | None = None,
+) -> dict[str, Any]:
+    """NASH: the runtime against Hugging Face transformers with the masks folded in
+    (`model` is exporters.nash.NashExportModel): teacher-forced logits and cached greedy."""
+    c = runtime.config
+    reference = model.checkpoint.reference()
+    default, steps = default_cases(c, steps)
+    reports = []
+    for lengths, rows, result in runtime_runs(runtime, steps, seed, cases or default):
+        ort_tokens = np.array(result.tokens)
+        ort_logits = np.stack(result.logits, axis=1)
+        source, mask = _padded(rows, c["pad_token_id"])
+        decoder_in = torch.cat(
+            [torch.full((len(rows), 1), c["bos_token_id"]), torch.from_numpy(ort_tokens[:, :-1])], dim=1
+        )
+        with torch.inference_mode():
+            ref_logits = reference(input_ids=source, attention_mask=mask, decoder_input_ids=decoder_in).logits.numpy()
+        agree = hf_greedy(reference, source, mask, steps).numpy() == ort_tokens
+        reports.append({
+            "source_lengths": lengths,
+            "max_abs_logit_diff": float(np.abs(ref_logits - ort_logits).max()),
+            "greedy_token_agreement": float(agree.mean()),
+            "disagreement_is_near_tie": near_tie_at_first_disagreement(ref_logits, agree, atol),
+        })
+    return summarize(reports, atol, steps)
+
+
 # family -> its parity check (the torch reference and runtime differ per family)
-PARITY_CHECKS = {"red": encoder_decoder_parity, "stagformer": decoder_only_parity}
+PARITY_CHECKS = {"red": encoder_decoder_parity, "nash": hf_parity, "stagformer": decoder_only_parity}

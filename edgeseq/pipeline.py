@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from edgeseq.atomic import atomic_folder
-from edgeseq.build import write_artifact, write_manifest
+from edgeseq.build import graph_stats, write_artifact, write_manifest
 from edgeseq.errors import BuildError, ParityError
 from edgeseq.exporters import export_graphs, exporter_for
-from edgeseq.models.checkpoint import load_checkpoint
-from edgeseq.models.config import config_to_dict
-from edgeseq.passes import run_passes, split_stagformer_steps
+from edgeseq.passes import run_passes, split_stagformer_steps, strip_pruned_units
+from edgeseq.sources import load_source
 from edgeseq.runtimes import load as load_artifact
 from edgeseq.runtimes.ort_backend import check_target
 
@@ -48,22 +47,33 @@ def compile_checkpoint(
     if out.exists() and not force:
         raise BuildError(f"output folder {out} already exists", "choose another -o folder or pass --force")
     say("loading checkpoint")
-    family, model = load_checkpoint(checkpoint)
+    source = load_source(checkpoint)
+    family, model = source.family, source.model
     exporter = exporter_for(family)
     graphs = export_graphs(model, exporter, on_graph=lambda spec: say(f"exporting {spec.name}"))
     say("running graph passes")
+    pruning = None
     if family == "stagformer" and split:
         graphs = split_stagformer_steps(graphs, model.config.n_stacks)
+    if family == "nash":
+        from edgeseq.exporters.nash import plan_summary
+
+        before = graph_stats(graphs)
+        graphs = strip_pruned_units(graphs, model.plan)
+        pruning = {"kept": plan_summary(model.plan), "before": before}
     for g in graphs:
         g.model = run_passes(g.model, family, g.spec.name)
+    if pruning:
+        pruning["after"] = graph_stats(graphs)
     with atomic_folder(out) as tmp:
         say("writing artifact")
-        config = config_to_dict(model.config, family)
-        config.pop("family")
         manifest = write_artifact(
-            tmp, family, config, graphs, target, precision,
+            tmp, family, source.config, graphs, target, precision,
             exporter.schedule(model.config, split), exporter.sequential_depth_per_token(model.config, split),
         )
+        if pruning:
+            manifest["pruning"] = pruning
+            write_manifest(tmp, manifest)
         if verify:
             say("checking parity against PyTorch")
             from edgeseq.parity import PARITY_CHECKS  # torch-heavy; only when verifying

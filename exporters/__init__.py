@@ -3,10 +3,13 @@
 from edgeseq.errors import ConfigError
 
 from .base import ExportedGraph, FamilyExporter, GraphSpec, TensorSpec, export_graphs
+from .nash import NashExporter
 from .red import RedExporter
 from .stagformer import StagFormerExporter
 
-EXPORTERS: dict[str, FamilyExporter] = {"red": RedExporter(), "stagformer": StagFormerExporter()}
+EXPORTERS: dict[str, FamilyExporter] = {
+    "red": RedExporter(), "nash": NashExporter(), "stagformer": StagFormerExporter(),
+}
 
 
 def exporter_for(family: str) -> FamilyExporter:

@@ -54,3 +54,39 @@ def split_stagformer_steps(graphs: list, n_stacks: int) -> list:
             )
             out.append(ExportedGraph(spec, stage))
     return out
+
+
+def strip_pruned_units(graphs: list, plan: dict) -> list:
+    """NASH: run StripPrunedUnitsPass on every graph with one plan, then make each graph's
+    spec match what is left (removed caches gone, per-layer head counts)."""
+    from edgeseq.exporters import ExportedGraph, GraphSpec
+
+    from .strip_pruned import StripPrunedUnitsPass
+
+    out = []
+    for g in graphs:
+        try:
+            model = StripPrunedUnitsPass(plan)(g.model).model
+        except (ir.passes.PassError, ValueError) as e:
+            raise PassError(f"graph {g.spec.name!r}: {e}", "this is an edgeseq bug: report it with the checkpoint config") from e
+        spec = GraphSpec(g.spec.name, g.spec.role, _respec(g.spec.inputs, model.graph.inputs),
+                         _respec(g.spec.outputs, model.graph.outputs))
+        out.append(ExportedGraph(spec, model))
+    return out
+
+
+def _respec(specs: tuple, values) -> tuple:
+    """The specs of the values still in the graph, with the graph's static dims."""
+    from dataclasses import replace
+
+    shapes = {v.name: v.shape for v in values}
+    kept = []
+    for t in specs:
+        if t.name not in shapes:
+            continue
+        shape = shapes[t.name]
+        if shape is not None and len(shape) == len(t.dims):
+            t = replace(t, dims=tuple(d if isinstance(d, str) or not isinstance(s, int) else s
+                                      for d, s in zip(t.dims, shape)))
+        kept.append(t)
+    return tuple(kept)

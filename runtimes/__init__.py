@@ -15,7 +15,7 @@ from .ort_backend import TARGETS, OrtBackend
 from .sampling import SamplingOptions
 from .staggered import SCHEDULES, StaggeredDecoderModel
 
-RUNTIME_FAMILIES = ("red", "stagformer")
+RUNTIME_FAMILIES = ("red", "nash", "stagformer")
 
 
 def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, verify: bool = True,
@@ -28,7 +28,7 @@ def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, 
     prepacking: about half the resident memory, slower at batch > 1.
     """
     artifact = read_artifact(path, verify=verify)
-    if artifact.family == "red":
+    if artifact.family in ("red", "nash"):
         return EncoderDecoderModel(artifact, OrtBackend(artifact, target, threads, low_memory=low_memory))
     if artifact.family == "stagformer":
         return StaggeredDecoderModel(artifact, target, threads, schedule, low_memory)

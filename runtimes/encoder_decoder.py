@@ -1,4 +1,8 @@
-"""The encoder-decoder decode loop (RED): encode once, then one decoder step per token.
+"""The encoder-decoder decode loop (RED, NASH T5/BART): encode once, then one decoder step per token.
+
+The graphs' signatures in the manifest drive it: every encoder output feeds the decoder
+input of the same name, every `present_*` output becomes next step's `past_*`, and
+each past starts empty with its own head count (pruned layers differ).
 
 Every call keeps its own state (caches, RNG), and ONNX Runtime sessions may be run from
 many threads at once, so `generate` is safe to call concurrently. Caches stay OrtValues
@@ -16,17 +20,21 @@ from .sampling import SamplingOptions
 
 
 class EncoderDecoderModel:
-    """A loaded RED artifact: `generate` turns source ids into target ids."""
+    """A loaded encoder-decoder artifact: `generate` turns source ids into target ids."""
 
     def __init__(self, artifact: Artifact, backend: OrtBackend):
         self.artifact = artifact
         self.backend = backend
-        c = artifact.config
-        self.config = c
-        self.n_layers = c["n_layers"]
-        self.heads, self.head_dim = c["n_heads"], c["d_model"] // c["n_heads"]
-        self.encoder = artifact.graph("encoder")["name"]
-        self.decoder = artifact.graph("decoder_step")["name"]
+        self.config = artifact.config
+        encoder, decoder = artifact.graph("encoder"), artifact.graph("decoder_step")
+        self.encoder, self.decoder = encoder["name"], decoder["name"]
+        self.source_names = [t["name"] for t in encoder["outputs"]]
+        # past_* input -> (heads, head_dim) of its empty first-step value
+        self.past_shapes = {t["name"]: (t["dims"][1], t["dims"][3]) for t in decoder["inputs"]
+                            if t["name"].startswith("past_")}
+        outputs = [t["name"] for t in decoder["outputs"]]
+        self.carry = [(i, "past_" + name[len("present_"):]) for i, name in enumerate(outputs)
+                      if name.startswith("present_")]
 
     # ----- the two halves, usable on their own (bench, parity) -----------------------------
     def encode(self, rows: list[list[int]]):
@@ -40,7 +48,9 @@ class EncoderDecoderModel:
         return outputs, mask, lengths
 
     def _check_lengths(self, lengths: np.ndarray, max_new_tokens: int) -> None:
-        limit = self.config["max_positions"]
+        limit = self.config.get("max_positions")
+        if limit is None:
+            return
         longest = int(lengths.max())
         if longest > limit:
             raise GenerateError(
@@ -71,11 +81,9 @@ class EncoderDecoderModel:
         self._check_lengths(np.array([len(r) for r in d.rows]), max_new_tokens)
         source_kv, mask, lengths = self.encode(d.rows)
         batch = len(d.rows)
-        feeds = {"source_mask": mask}
-        empty = np.zeros((batch, self.heads, 0, self.head_dim), dtype=np.float32)
-        for i in range(self.n_layers):
-            feeds[f"source_key.{i}"], feeds[f"source_value.{i}"] = source_kv[2 * i], source_kv[2 * i + 1]
-            feeds[f"past_key.{i}"] = feeds[f"past_value.{i}"] = empty
+        feeds = {"source_mask": mask, **dict(zip(self.source_names, source_kv))}
+        for name, (heads, head_dim) in self.past_shapes.items():
+            feeds[name] = np.zeros((batch, heads, 0, head_dim), dtype=np.float32)
         start = lengths[:, None] if c["consecutive_positions"] else np.zeros((batch, 1), dtype=np.int64)
         token = np.full((batch, 1), c["bos_token_id"], dtype=np.int64)
         for step in range(max_new_tokens):
@@ -85,7 +93,7 @@ class EncoderDecoderModel:
             next_ids = d.choose(outputs[0].numpy()[:, -1])  # logits: [B, V]
             if d.finished:
                 break
-            for i in range(self.n_layers):
-                feeds[f"past_key.{i}"], feeds[f"past_value.{i}"] = outputs[1 + 2 * i], outputs[2 + 2 * i]
+            for index, name in self.carry:
+                feeds[name] = outputs[index]
             token = next_ids[:, None]
         return d.result
