@@ -82,9 +82,23 @@ def cli(debug):
 @click.option("--json", "as_json", is_flag=True, help="Print the written config as JSON.")
 @handle_errors
 def init(family, out, preset, sets, seed, force, as_json):
-    """Write a random-init checkpoint of FAMILY (config.json + model.safetensors)."""
+    """Write a random-init checkpoint of FAMILY (config.json + model.safetensors).
+
+    FAMILY nash writes a Hugging Face T5/BART folder instead: --preset tiny|small|t5-small,
+    --set variant=t5-v1|t5-v1.1|bart, decoder_layers=K, selection=unif|low|high,
+    sparsity=S (a zs.pt pruning that fraction of encoder heads and FFN neurons)."""
     from edgeseq.models.checkpoint import init_checkpoint, read_config
     from edgeseq.models.config import config_to_dict
+
+    if family == "nash":
+        from edgeseq.models.nash_checkpoints import init_nash_checkpoint
+
+        path = init_nash_checkpoint(out, preset, sets, seed=seed, force=force)
+        if as_json:
+            emit_json({"checkpoint": str(path)})
+        else:
+            out_console.print(f"wrote Hugging Face NASH checkpoint to {path}")
+        return
 
     path = init_checkpoint(family, out, preset, sets, seed=seed, force=force)
     fam, config = read_config(path)
@@ -218,9 +232,31 @@ def inspect_cmd(artifact, as_json):
         out_console.print(f"stage {stage['stage']}: {', '.join(stage['graphs'])} ({stage['runs']})")
         for h in stage.get("handoffs", []):
             out_console.print(f"  {h['from']}:{h['output']} -> {h['to']}:{h['input']} ({h['when']}); every cache stays with its stage")
+    if info["pruning"]:
+        print_pruning(info["pruning"])
     if info["parity"]:
         p = info["parity"]
         out_console.print(f"parity at compile: max |logit diff| {p['max_abs_logit_diff']:.2e}, greedy agreement {p['greedy_token_agreement']:.3f}")
+
+
+def print_pruning(pruning) -> None:
+    """NASH: kept heads per attention sublayer, kept FFN width, and the cost before/after."""
+    kept = pruning["kept"]
+    table = Table("layer", "self-attention heads", "cross-attention heads", "FFN width")
+    layers = sorted({u.rsplit(".", 1)[0] for u in [*kept["heads"], *kept["ffn"]]},
+                    key=lambda name: (name.split(".")[0] != "encoder", int(name.split(".")[1])))
+    for layer in layers:
+        table.add_row(layer, kept["heads"].get(f"{layer}.self_attention", "-"),
+                      kept["heads"].get(f"{layer}.cross_attention", "-"), kept["ffn"].get(f"{layer}.ffn", "-"))
+    out_console.print(table)
+    before, after = pruning["before"], pruning["after"]
+    rows = [("parameters", "parameters", 1, ",.0f"), ("decoder MFLOPs per token", "flops_per_token", 1e6, ".2f"),
+            ("encoder MFLOPs per source token", "encoder_flops_per_source_token", 1e6, ".2f"),
+            ("weight MB read per token", "weight_bytes_per_token", 1e6, ".2f")]
+    out_console.print(f"hidden dims kept: {kept['hidden']}")
+    for label, key, scale, fmt in rows:
+        out_console.print(f"{label}: {before[key] / scale:{fmt}} -> {after[key] / scale:{fmt}} "
+                          f"({after[key] / before[key]:.2f}x)")
 
 
 @cli.command()

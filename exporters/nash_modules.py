@@ -48,8 +48,8 @@ class Norm(nn.Module):
         self.eps = norm.variance_epsilon if self.rms else norm.eps
 
     def forward(self, x):
-        if self.rms:
-            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+        if self.rms:  # x / sqrt(...) (not rsqrt): the pattern ONNX Runtime fuses into one kernel
+            return self.weight * (x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
         return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
 
 
@@ -120,8 +120,11 @@ class Sublayer(nn.Module):
         return self.close(x, self.fn(h, k, v, bias)), (k, v)
 
 
-def padding_bias(mask):  # [B, S] 1/0 -> [B, 1, 1, S] additive
-    return (1.0 - mask[:, None, None, :].to(torch.float32)) * NEG_INF
+def padding_bias(mask, queries: int):
+    """[B, S] 1/0 -> [B, 1, queries, S] additive (a full query axis: the fused attention
+    kernel broadcasts the batch and head axes of its bias, not the query axis)."""
+    bias = (1.0 - mask[:, None, None, :].to(torch.float32)) * NEG_INF
+    return bias.expand(-1, -1, queries, -1)
 
 
 def _t5_bucket(relative, bidirectional: bool, config):
@@ -216,7 +219,7 @@ class NashGraphs(nn.Module):
     def encode(self, source_ids, source_mask):
         """-> per decoder layer (cross key, cross value), each [B, H, S, Dh]."""
         x = self.tokens(source_ids)
-        bias = padding_bias(source_mask)
+        bias = padding_bias(source_mask, source_ids.shape[1])
         if self.t5:
             s = source_ids.shape[1]
             positions = torch.arange(s, dtype=torch.long)[None, :]
@@ -245,7 +248,7 @@ class NashGraphs(nn.Module):
         else:
             self_bias = causal
             x = self.decoder_embed_norm(x + F.embedding(positions + self.position_offset, self.decoder_positions))
-        cross_bias = padding_bias(source_mask)
+        cross_bias = padding_bias(source_mask, n)
         present = []
         for (self_attn, cross_attn, ffn), layer_past, (ck, cv) in zip(self.decoder_layers, past, cross):
             x, kv = self_attn.self_attend(x, self_bias, layer_past)

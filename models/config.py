@@ -9,7 +9,7 @@ from edgeseq.errors import ConfigError
 C = TypeVar("C")
 
 
-def _coerce(name: str, value: Any, kind: type) -> Any:
+def coerce_value(name: str, value: Any, kind: type) -> Any:
     """Turn a JSON value or a --set string into `kind`, or say which key and type was wrong."""
     if isinstance(value, str) and kind is not str:
         text = value.strip().lower()
@@ -46,7 +46,7 @@ def config_from_dict(cls: type[C], values: dict[str, Any], family: str) -> C:
             f"valid keys are {', '.join(sorted(fields))}",
         )
     kinds = {name: type(f.default) for name, f in fields.items()}
-    kwargs = {k: _coerce(k, v, kinds[k]) for k, v in values.items() if k != "family"}
+    kwargs = {k: coerce_value(k, v, kinds[k]) for k, v in values.items() if k != "family"}
     config = cls(**kwargs)
     validate = getattr(config, "validate", None)
     if validate:

@@ -77,22 +77,25 @@ def random_model(variant: str, size: str = "tiny", seed: int = 0, decoder_layers
 
 
 def random_masks(dims: NashDims, sparsity: float, seed: int = 0, hidden: bool = False) -> dict[str, torch.Tensor]:
-    """Soft masks pruning about `sparsity` of encoder heads and FFN neurons, in NASH's
-    training shapes, values in (0.5, 1] for the kept units."""
+    """Soft masks pruning round(sparsity * n) of the n heads and FFN neurons of every encoder
+    layer (which ones at random), in NASH's training shapes; kept units get values in (0.5, 1]."""
     g = torch.Generator().manual_seed(seed)
 
-    def soft(shape):
-        values = 0.5 + 0.5 * torch.rand(shape, generator=g)
-        return values * (torch.rand(shape, generator=g) >= sparsity)
+    def soft(layers, n, shape):
+        values = 0.5 + 0.5 * torch.rand(layers, n, generator=g)
+        for row in values:
+            row[torch.randperm(n, generator=g)[: round(sparsity * n)]] = 0
+        return values.reshape(shape)
 
+    L = dims.encoder_layers
     masks = {
-        "head_z": soft((dims.encoder_layers, 1, dims.encoder_heads, 1, 1)),
-        "intermediate_z": soft((dims.encoder_layers, 1, 1, dims.encoder_ffn)),
+        "head_z": soft(L, dims.encoder_heads, (L, 1, dims.encoder_heads, 1, 1)),
+        "intermediate_z": soft(L, dims.encoder_ffn, (L, 1, 1, dims.encoder_ffn)),
         "head_layer_z": 0.5 + 0.5 * torch.rand(dims.encoder_layers, generator=g),
         "mlp_z": 0.5 + 0.5 * torch.rand(dims.encoder_layers, generator=g),
     }
     if hidden:
-        masks["hidden_z"] = soft((dims.d_model,))
+        masks["hidden_z"] = soft(1, dims.d_model, (dims.d_model,))
     return masks
 
 
@@ -107,3 +110,24 @@ def save_hf_checkpoint(model, out: str | Path, masks: dict[str, torch.Tensor] | 
         if masks:
             torch.save(masks, tmp / MASK_FILE)
     return out
+
+
+# `edgeseq init nash --set KEY=VALUE`: the keys and their types
+INIT_KEYS = {"variant": str, "decoder_layers": int, "selection": str, "sparsity": float}
+
+
+def init_nash_checkpoint(out: str | Path, preset: str | None = None, sets=(), seed: int = 0,
+                         force: bool = False) -> Path:
+    """Write a random-weight transformers checkpoint (and zs.pt when sparsity > 0)."""
+    from .config import coerce_value, parse_overrides
+
+    values = {"variant": "t5-v1", "decoder_layers": None, "selection": "unif", "sparsity": 0.0}
+    for key, raw in parse_overrides(list(sets)).items():
+        if key not in INIT_KEYS:
+            raise CheckpointError(f"unknown nash init key {key!r}", f"valid keys are {', '.join(INIT_KEYS)}")
+        values[key] = coerce_value(key, raw, INIT_KEYS[key])
+    if not 0.0 <= values["sparsity"] < 1.0:
+        raise CheckpointError(f"sparsity={values['sparsity']} is outside [0, 1)", "use e.g. --set sparsity=0.5")
+    model = random_model(values["variant"], preset or "tiny", seed, values["decoder_layers"], values["selection"])
+    masks = random_masks(nash_dims(model.config), values["sparsity"], seed) if values["sparsity"] else None
+    return save_hf_checkpoint(model, out, masks, force=force)

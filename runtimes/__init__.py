@@ -29,7 +29,7 @@ def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, 
     """
     artifact = read_artifact(path, verify=verify)
     if artifact.family in ("red", "nash"):
-        return EncoderDecoderModel(artifact, OrtBackend(artifact, target, threads, low_memory=low_memory))
+        return EncoderDecoderModel(artifact, OrtBackend(artifact, target, threads, low_memory=low_memory, spin=True))
     if artifact.family == "stagformer":
         return StaggeredDecoderModel(artifact, target, threads, schedule, low_memory)
     raise LoadError(

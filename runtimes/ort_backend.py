@@ -56,7 +56,8 @@ class OrtBackend:
     """Sessions for every graph of an artifact; `run` is safe to call from many threads."""
 
     def __init__(self, artifact: Artifact, target: str = "ort-cpu", threads: int | None = None,
-                 threads_per_graph: dict[str, int] | None = None, low_memory: bool = False):
+                 threads_per_graph: dict[str, int] | None = None, low_memory: bool = False,
+                 spin: bool = False):
         self.providers = check_target(target)
         self.artifact = artifact
         self.weights = load_weights(artifact)  # kept alive: the sessions use this memory in place
@@ -68,9 +69,10 @@ class OrtBackend:
             options.intra_op_num_threads = (threads_per_graph or {}).get(name, threads)
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
-            # idle intra-op threads must not spin: they would steal the cores from
-            # concurrent stages, other requests, or whatever else the service runs
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # concurrent stages must not spin: an idle stage's threads would steal the cores
+            # of the busy one. One session at a time (encoder-decoder) may: waking a sleeping
+            # worker for each of a step's ~250 small kernels costs more than it saves
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
             if low_memory:
                 # MatMul prepacking copies every weight into a packed buffer beside the
                 # mapped original: about twice the resident memory, for ~1.5x at batch 8

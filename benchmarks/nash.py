@@ -1,0 +1,174 @@
+"""NASH benchmark (`just bench`): a t5-small-shaped T5 with random weights, batch 1, one run.
+
+Rows, timed side by side in alternating rounds (median of rounds):
+  (a) transformers eager `generate`
+  (b) optimum-onnx `ORTModelForSeq2SeqLM`, exported from the same checkpoint
+  (c) edgeseq, unpruned
+  (d) edgeseq, NASH-pruned: half the heads and half the FFN neurons of every encoder
+      layer, decoder at 3 of 6 layers (uniform selection: 0, 2, 5)
+Each row: decode tokens/s ((T(N) - T(1)) / (N - 1)), time to first token (prefill:
+encoder + first decoder step), and its fraction of the roofline = measured memory
+bandwidth / weight bytes that row's model reads per generated token.
+
+    python benchmarks/nash.py [--workdir .cache/bench] [--rounds 5] [--threads 2]
+
+Writes benchmarks/results/nash-t5-small.json and prints the table the README quotes.
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from edgeseq.bench import _timed, decode_tok_s, measure_bandwidth
+from edgeseq.models.nash import nash_dims
+from edgeseq.models.nash_checkpoints import random_masks, random_model, save_hf_checkpoint
+from edgeseq.pipeline import compile_checkpoint
+from edgeseq.runtimes import load
+
+RESULTS = Path(__file__).parent / "results" / "nash-t5-small.json"
+
+
+class HfEngine:
+    name = "(a) transformers eager"
+
+    def __init__(self, folder: Path):
+        from transformers import AutoModelForSeq2SeqLM
+
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(folder, local_files_only=True).eval()
+
+    def encode(self, rows):
+        ids = torch.tensor(rows)
+        with torch.inference_mode():
+            return self.model.get_encoder()(input_ids=ids, attention_mask=torch.ones_like(ids))
+
+    def generate(self, rows, n):
+        ids = torch.tensor(rows)
+        with torch.inference_mode():
+            return self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                       min_new_tokens=n, do_sample=False, num_beams=1)
+
+
+class OptimumEngine(HfEngine):
+    name = "(b) optimum-onnx ORTModelForSeq2SeqLM"
+
+    def __init__(self, folder: Path, threads: int):
+        import onnxruntime as ort
+        from optimum.onnxruntime import ORTModelForSeq2SeqLM
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.model = ORTModelForSeq2SeqLM.from_pretrained(
+            folder, export=True, session_options=options, provider="CPUExecutionProvider")
+
+    def encode(self, rows):
+        ids = torch.tensor(rows)
+        return self.model.encoder(input_ids=ids, attention_mask=torch.ones_like(ids))
+
+
+class EdgeseqEngine:
+    def __init__(self, name: str, artifact: Path, threads: int):
+        self.name = name
+        self.model = load(artifact, threads=threads)
+        self.bytes_per_token = self.model.artifact.manifest["stats"]["weight_bytes_per_token"]
+
+    def encode(self, rows):
+        return self.model.encode(rows)
+
+    def generate(self, rows, n):
+        return self.model.generate(rows, max_new_tokens=n, stop_tokens=[])
+
+
+def build(workdir: Path) -> tuple[Path, Path, Path, dict]:
+    full_ckpt, pruned_ckpt = workdir / "t5-small", workdir / "t5-small-nash"
+    model = random_model("t5-v1", "t5-small", seed=0)
+    save_hf_checkpoint(model, full_ckpt, force=True)
+    pruned = random_model("t5-v1", "t5-small", seed=0, decoder_layers=3)  # same weights, layers 0, 2, 5
+    save_hf_checkpoint(pruned, pruned_ckpt, random_masks(nash_dims(pruned.config), 0.5, seed=0), force=True)
+    compile_checkpoint(full_ckpt, workdir / "t5-small.artifact", force=True)
+    manifest = compile_checkpoint(pruned_ckpt, workdir / "t5-small-nash.artifact", force=True)
+    return full_ckpt, workdir / "t5-small.artifact", workdir / "t5-small-nash.artifact", manifest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", type=Path, default=Path(".cache/bench"))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--source-len", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    print("building t5-small (random weights) and its NASH-pruned twin, compiling both ...", flush=True)
+    folder, full_art, pruned_art, pruned_manifest = build(args.workdir)
+    print("exporting with optimum-onnx ...", flush=True)
+    engines = [HfEngine(folder), OptimumEngine(folder, args.threads),
+               EdgeseqEngine("(c) edgeseq unpruned", full_art, args.threads),
+               EdgeseqEngine("(d) edgeseq NASH-pruned", pruned_art, args.threads)]
+    rows = [list(range(5, 5 + args.source_len))]
+    for e in engines:
+        e.generate(rows, 4)  # warm up
+    samples = {e.name: {"decode": [], "first": [], "encode": []} for e in engines}
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds}", flush=True)
+        for e in engines:
+            samples[e.name]["encode"].append(1000 * _timed(e.encode, rows))
+            samples[e.name]["first"].append(1000 * _timed(e.generate, rows, 1))
+            samples[e.name]["decode"].append(decode_tok_s(e.generate, rows, args.new_tokens))
+    bandwidth = measure_bandwidth()
+    full_bytes, pruned_bytes = engines[2].bytes_per_token, engines[3].bytes_per_token
+    table = []
+    for e in engines:
+        bytes_per_token = pruned_bytes if e is engines[3] else full_bytes
+        tok_s = statistics.median(samples[e.name]["decode"])
+        table.append({
+            "engine": e.name,
+            "decode_tok_s": tok_s,
+            "first_token_ms": statistics.median(samples[e.name]["first"]),
+            "encode_ms": statistics.median(samples[e.name]["encode"]),
+            "weight_bytes_per_token": bytes_per_token,
+            "roofline_tok_s": bandwidth * 1e9 / bytes_per_token,
+            "roofline_fraction": tok_s / (bandwidth * 1e9 / bytes_per_token),
+        })
+    a, b, c, d = table
+    promised_cut = 1 - pruned_bytes / full_bytes
+    realised_cut = 1 - c["decode_tok_s"] / d["decode_tok_s"]  # time per token saved
+    report = {
+        "threads": args.threads, "source_len": args.source_len, "new_tokens": args.new_tokens,
+        "rounds": args.rounds, "bandwidth_gb_s": bandwidth, "rows": table,
+        "c_over_b": c["decode_tok_s"] / b["decode_tok_s"],
+        "c_over_a": c["decode_tok_s"] / a["decode_tok_s"],
+        "d_over_c": d["decode_tok_s"] / c["decode_tok_s"],
+        "promised_bytes_cut": promised_cut,
+        "realised_time_cut": realised_cut,
+        "realised_fraction_of_cut": realised_cut / promised_cut,
+        "first_token_d_over_c": c["first_token_ms"] / d["first_token_ms"],
+        "encode_d_over_c": c["encode_ms"] / d["encode_ms"],
+        "pruning": pruned_manifest["pruning"],
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2))
+
+    print(f"\nt5-small shape, random weights, batch 1, {args.threads} threads, source {args.source_len}, "
+          f"{args.new_tokens} new tokens, median of {args.rounds} alternating rounds\n")
+    print("| engine | decode tok/s | encoder ms | first token ms | weight MB / token | roofline fraction |")
+    print("|---|---|---|---|---|---|")
+    for r in table:
+        print(f"| {r['engine']} | {r['decode_tok_s']:.0f} | {r['encode_ms']:.2f} | {r['first_token_ms']:.1f} "
+              f"| {r['weight_bytes_per_token'] / 1e6:.1f} | {r['roofline_fraction']:.0%} |")
+    print(f"\n(c) / (b) decode: **{report['c_over_b']:.2f}x**; (c) / (a): {report['c_over_a']:.2f}x; "
+          f"(d) / (c): {report['d_over_c']:.2f}x")
+    print(f"pruning cuts weight bytes per token by {promised_cut:.1%}; (d) cuts time per token by "
+          f"{realised_cut:.1%} = **{report['realised_fraction_of_cut']:.0%}** of the promise; "
+          f"encoder (d) vs (c): {report['encode_d_over_c']:.2f}x faster, "
+          f"first token {report['first_token_d_over_c']:.2f}x")
+    print(f"bandwidth {bandwidth:.1f} GB/s (copy, read+write)")
+    print(f"\nwrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

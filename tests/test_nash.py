@@ -1,0 +1,275 @@
+"""NASH: Hugging Face T5 v1 / v1.1 / BART with masks -> stripped ONNX -> parity with transformers.
+
+Each case writes a random-weight transformers checkpoint (and zs.pt) locally, compiles
+it (export -> strip pass -> artifact -> the compile's own parity check), and then checks
+the artifact again here: the parity report, what the pass removed, and the graphs'
+signatures. Reference = transformers with the masks folded in (models/nash.py).
+"""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgeseq.errors import CheckpointError
+from edgeseq.models.nash import keep_decoder_layers, load_nash, nash_dims, select_layers
+from edgeseq.models.nash_checkpoints import random_masks, random_model, save_hf_checkpoint
+from edgeseq.models.nash_masks import normalize_masks
+from edgeseq.parity import hf_parity
+from edgeseq.pipeline import compile_checkpoint
+from edgeseq.runtimes import load
+
+VARIANTS = ("t5-v1", "t5-v1.1", "bart")
+L, H, F = 2, 4, 64  # the tiny size: layers per stack, heads, FFN width
+
+
+def edge_masks() -> dict[str, torch.Tensor]:
+    """Every edge case of the issue at once: all heads of encoder layer 0 pruned, a whole
+    encoder FFN pruned, decoder layers keeping different heads (layer 0's included), a
+    whole decoder cross-attention and a whole decoder FFN pruned, soft values elsewhere."""
+    g = torch.Generator().manual_seed(3)
+    head_z = 0.5 + 0.5 * torch.rand(L, 1, H, 1, 1, generator=g)
+    head_z[0] = 0
+    intermediate_z = 0.5 + 0.5 * torch.rand(L, F, generator=g)
+    intermediate_z[1] = 0
+    dec_self = 0.5 + 0.5 * torch.rand(L, H, generator=g)
+    dec_self[0, [0, 2]] = 0
+    dec_self[1, [1]] = 0
+    return {
+        "head_z": head_z, "intermediate_z": intermediate_z, "head_layer_z": torch.tensor([0.9, 0.7]),
+        "dec_self_head_z": dec_self, "dec_cross_head_layer_z": torch.tensor([0.8, 0.0]),
+        "dec_mlp_z": torch.tensor([0.0, 0.6]), "dec_intermediate_z": (torch.rand(L, F, generator=g) > 0.3).float(),
+    }
+
+
+def decoder_self_gone() -> dict[str, torch.Tensor]:
+    """Decoder layer 0 loses all self-attention heads: its cache must leave the graph."""
+    return {"dec_self_head_z": torch.tensor([[0.0] * H, [1.0, 0.0, 0.5, 1.0]])}
+
+
+MASKS = {
+    "none": lambda dims: None,
+    "sparse30": lambda dims: random_masks(dims, 0.3, seed=1),
+    "sparse60": lambda dims: random_masks(dims, 0.6, seed=2),
+    "edge": lambda dims: edge_masks(),
+    "decoder-self-gone": lambda dims: decoder_self_gone(),
+    "hidden": lambda dims: random_masks(dims, 0.3, seed=4, hidden=True),
+}
+FAST = [("t5-v1", "edge"), ("t5-v1.1", "edge"), ("bart", "edge"), ("t5-v1", "sparse60"),
+        ("t5-v1.1", "hidden"), ("bart", "hidden"), ("bart", "decoder-self-gone"), ("t5-v1.1", "none")]
+SLOW = [(v, m) for v in VARIANTS for m in MASKS if (v, m) not in FAST]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nash")
+    cache = {}
+
+    def get(variant: str, masks: str):
+        if (variant, masks) not in cache:
+            model = random_model(variant, "tiny", seed=0)
+            ckpt = save_hf_checkpoint(model, root / f"{variant}-{masks}", MASKS[masks](nash_dims(model.config)))
+            art = root / f"{variant}-{masks}.artifact"
+            compile_checkpoint(ckpt, art)
+            cache[variant, masks] = ckpt, art
+        return cache[variant, masks]
+
+    return get
+
+
+def _manifest(art) -> dict:
+    return json.loads((art / "manifest.json").read_text())
+
+
+def check_parity(compiled, variant, masks):
+    ckpt, art = compiled(variant, masks)
+    m = _manifest(art)
+    assert m["parity"]["passed"], m["parity"]
+    assert m["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert m["parity"]["steps"] == 64
+    # batch 1 at several source lengths and one mixed-length batch, checked here again
+    from edgeseq.exporters.nash import prepare
+
+    report = hf_parity(load(art), prepare(load_nash(ckpt)), 1e-4, cases=[[9], [3, 12, 1]])
+    assert report["passed"], report
+    assert all(c["greedy_token_agreement"] == 1.0 or c["disagreement_is_near_tie"] for c in report["cases"])
+    return m
+
+
+@pytest.mark.parametrize("variant,masks", FAST)
+def test_parity_with_transformers(compiled, variant, masks):
+    check_parity(compiled, variant, masks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant,masks", SLOW)
+def test_parity_with_transformers_full_grid(compiled, variant, masks):
+    check_parity(compiled, variant, masks)
+
+
+def _signature(art, graph):
+    model = onnx.load(str(art / f"{graph}.onnx"), load_external_data=False)
+    return [i.name for i in model.graph.input], [o.name for o in model.graph.output], model
+
+
+@pytest.mark.parametrize("variant", ["t5-v1", "bart"])
+def test_pruned_units_are_gone(compiled, variant):
+    _, art = compiled(variant, "edge")
+    m = _manifest(art)
+    before, after = m["pruning"]["before"], m["pruning"]["after"]
+    assert after["parameters"] < before["parameters"]
+    assert after["encoder_flops_per_source_token"] < before["encoder_flops_per_source_token"]
+    assert after["weight_bytes_per_token"] < before["weight_bytes_per_token"]  # decoder FFN 0 and cross 1
+    kept = m["pruning"]["kept"]
+    assert kept["heads"]["encoder.0.self_attention"] == f"0/{H}"
+    assert kept["heads"]["decoder.0.self_attention"] == f"2/{H}"
+    assert kept["heads"]["decoder.1.self_attention"] == f"3/{H}"
+    assert kept["ffn"]["encoder.1.ffn"] == f"0/{F}"
+    # the removed cross-attention's keys/values leave both graphs; caches differ per layer
+    _, enc_out, _ = _signature(art, "encoder")
+    dec_in, dec_out, dec = _signature(art, "decoder_step")
+    assert "source_key.1" not in enc_out and "source_key.1" not in dec_in and "source_key.0" in dec_in
+    heads = {i.name: i.type.tensor_type.shape.dim[1].dim_value for i in dec.graph.input if i.name.startswith("past_")}
+    assert heads == {"past_key.0": 2, "past_value.0": 2, "past_key.1": 3, "past_value.1": 3}
+    spec = {t["name"]: t["dims"] for t in m["graphs"]["decoder_step"]["inputs"]}
+    assert spec["past_key.0"][1] == 2 and spec["past_key.1"][1] == 3
+
+
+def test_removed_self_attention_drops_its_cache(compiled):
+    _, art = compiled("bart", "decoder-self-gone")
+    dec_in, dec_out, _ = _signature(art, "decoder_step")
+    assert "past_key.0" not in dec_in and "present_key.0" not in dec_out
+    assert "past_key.1" in dec_in and "present_value.1" in dec_out
+
+
+def test_every_whole_sublayer_cut_leaves_no_matmul_for_it(compiled):
+    """Encoder layer 0 has no heads left: its attention MatMuls are gone, only its FFN's remain."""
+    _, art = compiled("t5-v1", "edge")
+    _, _, enc = _signature(art, "encoder")
+    weights = {i.name for i in enc.graph.initializer}
+    assert not any(n.startswith("nash.encoder_layers.0.0.") for n in weights)
+    assert not any(n.startswith("nash.encoder_layers.1.1.") for n in weights)  # the pruned FFN
+    assert any(n.startswith("nash.encoder_layers.0.1.") for n in weights)
+
+
+def test_hidden_dims_are_stripped(compiled):
+    _, art = compiled("bart", "hidden")
+    m = _manifest(art)
+    kept, size = (int(x) for x in m["pruning"]["kept"]["hidden"].split("/"))
+    assert kept < size
+    tensors = m["weights"]["tensors"]
+    dec = m["graphs"]["decoder_step"]["initializers"]
+    assert tensors[dec["nash.lm_head"]]["shape"][0] == kept
+
+
+def test_infer_kept_from_zero_slices_matches_the_masks():
+    """A graph exported without the plan's kept lists: the zeros of the folded weights
+    say the same thing the masks said."""
+    from edgeseq.exporters.base import export_graphs
+    from edgeseq.exporters.nash import NashExporter, prepare
+    from edgeseq.models.nash import NashCheckpoint, fold_masks
+    from edgeseq.passes.strip_pruned import infer_kept
+
+    hf = random_model("bart", "tiny", seed=0)
+    dims = nash_dims(hf.config)
+    masks = normalize_masks(edge_masks(), dims)
+    fold_masks(hf, masks)
+    model = prepare(NashCheckpoint(hf, masks, dims, "bart", "bart"))
+    graphs = export_graphs(model, NashExporter())
+    blank = json.loads(json.dumps(model.plan))
+    for unit in blank["attention"] + blank["ffn"]:
+        unit["kept"] = None
+    inferred = infer_kept([g.model for g in graphs], blank)
+    assert [u["kept"] for u in inferred["attention"]] == [u["kept"] for u in model.plan["attention"]]
+    assert [u["kept"] for u in inferred["ffn"]] == [u["kept"] for u in model.plan["ffn"]]
+
+
+def test_skipping_the_fold_changes_outputs():
+    """The soft mask values matter: zeroing pruned units alone is not the NASH model."""
+    hf = random_model("t5-v1.1", "tiny", seed=0)
+    dims = nash_dims(hf.config)
+    masks = normalize_masks(random_masks(dims, 0.3, seed=1), dims)
+    hard = {k: (v != 0).float() for k, v in masks.items()}
+    ids = torch.randint(3, 96, (1, 6))
+    outs = []
+    for m in (masks, hard):
+        model = random_model("t5-v1.1", "tiny", seed=0)
+        from edgeseq.models.nash import fold_masks
+
+        fold_masks(model, m)
+        with torch.no_grad():
+            outs.append(model(input_ids=ids, decoder_input_ids=ids[:, :3]).logits)
+    assert (outs[0] - outs[1]).abs().max() > 1e-3
+
+
+# ----- decoder layer selection ------------------------------------------------------------
+def test_uniform_layer_selection_matches_the_paper():
+    assert select_layers(12, 3, "unif") == [0, 5, 11]
+    assert select_layers(6, 3, "unif") == [0, 2, 5]
+    assert select_layers(6, 3, "low") == [0, 1, 2]
+    assert select_layers(6, 3, "high") == [3, 4, 5]
+    with pytest.raises(CheckpointError, match="choose one of: unif, low, high"):
+        select_layers(6, 3, "middle")
+    with pytest.raises(CheckpointError, match="cannot keep 7 of 6"):
+        select_layers(6, 7)
+
+
+@pytest.mark.parametrize("variant", ["t5-v1", "bart"])
+def test_selected_decoder_compiles_with_parity(tmp_path, variant):
+    """`high` drops T5's layer 0, which holds the relative position bias: it must move."""
+    model = random_model(variant, "small", seed=1)
+    keep_decoder_layers(model, select_layers(3, 2, "high"))
+    assert nash_dims(model.config).decoder_layers == 2
+    ckpt = save_hf_checkpoint(model, tmp_path / "ckpt")
+    manifest = compile_checkpoint(ckpt, tmp_path / "art")
+    assert manifest["parity"]["passed"], manifest["parity"]
+    assert manifest["model_config"]["decoder_layers"] == 2
+
+
+# ----- bad input ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def t5_folder(tmp_path_factory):
+    return save_hf_checkpoint(random_model("t5-v1", "tiny"), tmp_path_factory.mktemp("t5") / "ckpt")
+
+
+def _with_masks(folder, tmp_path, masks):
+    import shutil
+
+    out = tmp_path / "ckpt"
+    shutil.copytree(folder, out)
+    torch.save(masks, out / "zs.pt")
+    return out
+
+
+@pytest.mark.parametrize("masks,message", [
+    ({"head_z": torch.ones(L, 1, 3, 1, 1)}, r"head_z has shape \[2, 1, 3, 1, 1\]; expected \[2, 1, 4, 1, 1\] or \[2, 4\]"),
+    ({"intermediate_z": torch.ones(L, 10)}, r"intermediate_z has shape \[2, 10\]; expected .*d_ff = 64"),
+    ({"head_zz": torch.ones(L, H)}, r"unknown mask key\(s\): head_zz.*NASH mask keys are: head_z"),
+    ({"head_z": torch.ones(6, H)}, r"head_z has masks for 6 layers but the checkpoint's encoder has 2"),
+    ({"dec_mlp_z": torch.ones(4)}, r"dec_mlp_z has masks for 4 layers but the checkpoint's decoder has 2"),
+    ({"hidden_z": torch.ones(5)}, r"hidden_z has shape \[5\]; expected \[32\]"),
+    ({"mlp_z": -torch.ones(L)}, r"negative or non-finite"),
+])
+def test_bad_masks_are_named(t5_folder, tmp_path, masks, message):
+    with pytest.raises(CheckpointError, match=message):
+        load_nash(_with_masks(t5_folder, tmp_path, masks))
+    assert not (tmp_path / "out").exists()
+
+
+def test_masks_file_is_never_unpickled(t5_folder, tmp_path):
+    """A zs.pt holding arbitrary Python objects is refused by weights_only loading."""
+    folder = _with_masks(t5_folder, tmp_path, {"head_z": torch.ones(L, H)})
+    torch.save({"head_z": np.array([1.0])}, folder / "zs.pt")  # a numpy object: needs full unpickling
+    with pytest.raises(CheckpointError, match="not a readable tensor file"):
+        load_nash(folder)
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    folder = tmp_path / "gpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    with pytest.raises(CheckpointError, match=r"model_type 'gpt2' is not a supported architecture.*T5.*BART"):
+        compile_checkpoint(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
