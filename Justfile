@@ -15,8 +15,10 @@ test *ARGS:
 # the committed benchmarks; results land in benchmarks/results/
 bench:
     bash scripts/setup.sh
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,bench]"
     .venv/bin/python benchmarks/red.py
     .venv/bin/python benchmarks/stagformer.py
+    .venv/bin/python benchmarks/nash.py
 
 lint:
     bash scripts/setup.sh

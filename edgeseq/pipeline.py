@@ -13,9 +13,9 @@ from edgeseq.build import graph_stats, write_artifact, write_manifest
 from edgeseq.errors import BuildError, ParityError
 from edgeseq.exporters import export_graphs, exporter_for
 from edgeseq.passes import run_passes, split_stagformer_steps, strip_pruned_units
-from edgeseq.sources import load_source
 from edgeseq.runtimes import load as load_artifact
 from edgeseq.runtimes.ort_backend import check_target
+from edgeseq.sources import load_source
 
 PRECISIONS = {"fp32": "available", "fp16": "planned", "bf16": "planned"}
 

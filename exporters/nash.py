@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
 from edgeseq.models.nash import NashCheckpoint, kept_heads
 from edgeseq.models.nash_masks import kept
 

@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,25 @@ class ArtifactCache:
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory) -> ArtifactCache:
     return ArtifactCache(tmp_path_factory.mktemp("artifacts"))
+
+
+def run_without_torch(art: Path) -> subprocess.CompletedProcess:
+    """Load and run an artifact in a fresh interpreter where torch, onnx, transformers and
+    edgeseq's torch-side packages cannot be imported (what an edge box has)."""
+    script = textwrap.dedent(f"""
+        import sys
+        BLOCKED = ("torch", "onnx", "onnxscript", "onnx_ir", "transformers",
+                   "edgeseq.models", "edgeseq.exporters", "edgeseq.passes")
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+                    raise ImportError(f"blocked import: {{name}}")
+        sys.meta_path.insert(0, Block())
+        from edgeseq.runtimes import load
+        from edgeseq.inspect import inspect_artifact
+        m = load({str(art)!r})
+        print(m.generate([[5, 6, 7]], max_new_tokens=4, stop_tokens=[]).tokens)
+        inspect_artifact({str(art)!r})
+        assert not any(k == "torch" or k.startswith("torch.") for k in sys.modules)
+    """)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -12,14 +12,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
-from edgeseq.errors import CheckpointError
 from edgeseq.models.nash import keep_decoder_layers, load_nash, nash_dims, select_layers
 from edgeseq.models.nash_checkpoints import random_masks, random_model, save_hf_checkpoint
 from edgeseq.models.nash_masks import normalize_masks
+from edgeseq.runtimes import load
+
+from edgeseq.errors import CheckpointError
 from edgeseq.parity import hf_parity
 from edgeseq.pipeline import compile_checkpoint
-from edgeseq.runtimes import load
 
 VARIANTS = ("t5-v1", "t5-v1.1", "bart")
 L, H, F = 2, 4, 64  # the tiny size: layers per stack, heads, FFN width
@@ -273,3 +273,55 @@ def test_unsupported_architecture_is_named(tmp_path):
     with pytest.raises(CheckpointError, match=r"model_type 'gpt2' is not a supported architecture.*T5.*BART"):
         compile_checkpoint(folder, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ----- the CLI ------------------------------------------------------------------------------
+def test_cli_init_compile_generate_inspect_parity(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeseq.cli import cli
+
+    def run(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args])
+
+    ckpt, art = tmp_path / "ckpt", tmp_path / "art"
+    r = run("init", "nash", "-o", ckpt, "--set", "variant=bart", "--set", "decoder_layers=1", "--set", "sparsity=0.5")
+    assert r.exit_code == 0, r.output
+    assert (ckpt / "zs.pt").exists() and (ckpt / "model.safetensors").exists()
+    r = run("compile", ckpt, "-o", art, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["parity"]["passed"]
+    r = run("generate", art, "--input-ids", "5 17 3", "--input-ids", "9", "--max-new-tokens", "4", "--stop-token", "999", "--json")
+    assert r.exit_code == 0 and [len(t) for t in json.loads(r.output)["tokens"]] == [4, 4], r.output
+    r = run("inspect", art)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "FFN width" in text and "parameters:" in text, r.output
+    assert any("encoder.0" in line and f"2/{H}" in line and f"{F // 2}/{F}" in line for line in r.output.splitlines())
+    info = json.loads(run("inspect", art, "--json").output)
+    assert info["pruning"]["after"]["parameters"] < info["pruning"]["before"]["parameters"]
+    r = run("parity", art, "--reference", ckpt, "--steps", "8", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["passed"], r.output
+    r = run("init", "nash", "-o", tmp_path / "x", "--set", "layers=3")
+    assert r.exit_code != 0 and "unknown nash init key 'layers'" in r.output
+
+
+def test_cli_bad_hf_input_is_one_line(t5_folder, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeseq.cli import cli
+
+    folder = _with_masks(t5_folder, tmp_path, {"dec_self_head_z": torch.ones(3, H)})
+    r = CliRunner().invoke(cli, ["compile", str(folder), "-o", str(tmp_path / "out")])
+    text = r.output.strip()
+    assert r.exit_code == 1 and text.startswith("error") and "Traceback" not in text
+    assert "dec_self_head_z has masks for 3 layers but the checkpoint's decoder has 2" in " ".join(text.split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_nash_runtime_needs_no_torch_or_transformers(compiled):
+    from conftest import run_without_torch
+
+    _, art = compiled("t5-v1", "edge")
+    done = run_without_torch(art)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("[[")

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import ALL_ON
+from conftest import ALL_ON, run_without_torch
 from edgeseq.runtimes import SamplingOptions, load
 from edgeseq.runtimes.sampling import choose_next
 
@@ -17,22 +17,7 @@ from edgeseq.errors import GenerateError
 def test_runtime_runs_without_torch_onnx_models_or_exporters(artifacts):
     """An edge box has numpy and onnxruntime only: block the rest and generate."""
     _, art = artifacts.get(**ALL_ON)
-    script = textwrap.dedent(f"""
-        import sys
-        BLOCKED = ("torch", "onnx", "onnxscript", "onnx_ir", "edgeseq.models", "edgeseq.exporters", "edgeseq.passes")
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if any(name == b or name.startswith(b + ".") for b in BLOCKED):
-                    raise ImportError(f"blocked import: {{name}}")
-        sys.meta_path.insert(0, Block())
-        from edgeseq.runtimes import load
-        from edgeseq.inspect import inspect_artifact
-        m = load({str(art)!r})
-        print(m.generate([[5, 6, 7]], max_new_tokens=4, stop_tokens=[]).tokens)
-        inspect_artifact({str(art)!r})
-        assert not any(k == "torch" or k.startswith("torch.") for k in sys.modules)
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = run_without_torch(art)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("[[")
 
