@@ -68,10 +68,11 @@ def runtime_runs(runtime, steps: int, seed: int, cases: list[list[int]]):
         yield lengths, rows, runtime.generate(rows, max_new_tokens=steps, stop_tokens=[], return_logits=True)
 
 
-def encoder_decoder_parity(
-    runtime: EncoderDecoderModel, model: torch.nn.Module, atol: float, steps: int = 64, seed: int = 0,
-    cases: list[list[int]] | None = None,
+def teacher_forced_parity(
+    runtime: EncoderDecoderModel, reference, atol: float, steps: int, seed: int, cases: list[list[int]] | None,
 ) -> dict[str, Any]:
+    """Encoder-decoder parity: `reference(source, mask, decoder_in, steps)` returns the
+    teacher-forced logits [B, N, V] for the runtime's own tokens and its own greedy tokens."""
     c = runtime.config
     default, steps = default_cases(c, steps)
     reports = []
@@ -83,17 +84,28 @@ def encoder_decoder_parity(
             [torch.full((len(rows), 1), c["bos_token_id"]), torch.from_numpy(ort_tokens[:, :-1])], dim=1
         )
         with torch.inference_mode():
-            torch_logits, _ = model(source, mask, decoder_in)
-            torch_tokens, _ = model.generate_greedy(source, mask, steps)
-        torch_logits = torch_logits.numpy()
-        agree = torch_tokens.numpy() == ort_tokens
+            ref_logits, ref_tokens = reference(source, mask, decoder_in, steps)
+        agree = ref_tokens == ort_tokens
         reports.append({
             "source_lengths": lengths,
-            "max_abs_logit_diff": float(np.abs(torch_logits - ort_logits).max()),
+            "max_abs_logit_diff": float(np.abs(ref_logits - ort_logits).max()),
             "greedy_token_agreement": float(agree.mean()),
-            "disagreement_is_near_tie": near_tie_at_first_disagreement(torch_logits, agree, atol),
+            "disagreement_is_near_tie": near_tie_at_first_disagreement(ref_logits, agree, atol),
         })
     return summarize(reports, atol, steps)
+
+
+def encoder_decoder_parity(
+    runtime: EncoderDecoderModel, model: torch.nn.Module, atol: float, steps: int = 64, seed: int = 0,
+    cases: list[list[int]] | None = None,
+) -> dict[str, Any]:
+    """RED: the runtime against the PyTorch model."""
+
+    def reference(source, mask, decoder_in, n):
+        logits, _ = model(source, mask, decoder_in)
+        return logits.numpy(), model.generate_greedy(source, mask, n)[0].numpy()
+
+    return teacher_forced_parity(runtime, reference, atol, steps, seed, cases)
 
 
 def parity_report(artifact: str | Path, reference: str | Path, steps: int = 64) -> dict[str, Any]:
@@ -168,27 +180,13 @@ def hf_parity(
 ) -> dict[str, Any]:
     """NASH: the runtime against Hugging Face transformers with the masks folded in
     (`model` is exporters.nash.NashExportModel): teacher-forced logits and cached greedy."""
-    c = runtime.config
-    reference = model.checkpoint.reference()
-    default, steps = default_cases(c, steps)
-    reports = []
-    for lengths, rows, result in runtime_runs(runtime, steps, seed, cases or default):
-        ort_tokens = np.array(result.tokens)
-        ort_logits = np.stack(result.logits, axis=1)
-        source, mask = _padded(rows, c["pad_token_id"])
-        decoder_in = torch.cat(
-            [torch.full((len(rows), 1), c["bos_token_id"]), torch.from_numpy(ort_tokens[:, :-1])], dim=1
-        )
-        with torch.inference_mode():
-            ref_logits = reference(input_ids=source, attention_mask=mask, decoder_input_ids=decoder_in).logits.numpy()
-        agree = hf_greedy(reference, source, mask, steps).numpy() == ort_tokens
-        reports.append({
-            "source_lengths": lengths,
-            "max_abs_logit_diff": float(np.abs(ref_logits - ort_logits).max()),
-            "greedy_token_agreement": float(agree.mean()),
-            "disagreement_is_near_tie": near_tie_at_first_disagreement(ref_logits, agree, atol),
-        })
-    return summarize(reports, atol, steps)
+    hf = model.checkpoint.reference()
+
+    def reference(source, mask, decoder_in, n):
+        logits = hf(input_ids=source, attention_mask=mask, decoder_input_ids=decoder_in).logits
+        return logits.numpy(), hf_greedy(hf, source, mask, n).numpy()
+
+    return teacher_forced_parity(runtime, reference, atol, steps, seed, cases)
 
 
 # family -> its parity check (the torch reference and runtime differ per family)

@@ -62,18 +62,23 @@ def unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: t.detach().contiguous() for name, t in named}
 
 
+def read_json(path: Path, fix_if_missing: str):
+    """A config.json's contents, or a CheckpointError naming the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing", fix_if_missing)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})", "restore config.json from the original checkpoint") from e
+
+
 def read_config(path: str | Path):
     """(family, config) from a checkpoint folder's config.json."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a checkpoint folder", "pass a folder made by `edgeseq init` or training")
     config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path} is missing", "a checkpoint folder needs config.json and model.safetensors")
-    try:
-        raw = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{config_path} is not valid JSON ({e})", "restore config.json from the original checkpoint") from e
+    raw = read_json(config_path, "a checkpoint folder needs config.json and model.safetensors")
     if not isinstance(raw, dict) or "family" not in raw:
         raise CheckpointError(f'{config_path} has no "family" key', 'add "family": "red" (or the model\'s family)')
     family = raw["family"]

@@ -32,14 +32,10 @@ LAYER_SELECTIONS = ("unif", "low", "high")
 
 
 def read_hf_config(folder: str | Path) -> dict:
-    folder = Path(folder)
-    path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing", "pass a Hugging Face checkpoint folder (config.json + weights)")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})", "restore config.json from the original checkpoint") from e
+    from .checkpoint import read_json
+
+    path = Path(folder) / "config.json"
+    raw = read_json(path, "pass a Hugging Face checkpoint folder (config.json + weights)")
     arch = raw.get("model_type") if isinstance(raw, dict) else None
     if arch not in SUPPORTED:
         raise CheckpointError(

@@ -10,6 +10,7 @@ from one step to the next: only the logits cross into numpy.
 """
 
 import numpy as np
+import onnxruntime as ort
 
 from edgeseq.errors import GenerateError
 
@@ -81,7 +82,8 @@ class EncoderDecoderModel:
         self._check_lengths(np.array([len(r) for r in d.rows]), max_new_tokens)
         source_kv, mask, lengths = self.encode(d.rows)
         batch = len(d.rows)
-        feeds = {"source_mask": mask, **dict(zip(self.source_names, source_kv))}
+        # read-only for the whole request: wrap once instead of at every step
+        feeds = {"source_mask": ort.OrtValue.ortvalue_from_numpy(mask), **dict(zip(self.source_names, source_kv))}
         for name, (heads, head_dim) in self.past_shapes.items():
             feeds[name] = np.zeros((batch, heads, 0, head_dim), dtype=np.float32)
         start = lengths[:, None] if c["consecutive_positions"] else np.zeros((batch, 1), dtype=np.int64)
