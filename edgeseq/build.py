@@ -94,6 +94,11 @@ def bytes_read_per_token(model: ir.Model) -> int:
     return total
 
 
+def step_graphs(graphs: list[ExportedGraph]) -> list[ExportedGraph]:
+    """The graphs a generated token runs through."""
+    return [g for g in graphs if g.spec.role in ("decoder_step", "step", "stage")]
+
+
 def graph_stats(graphs: list[ExportedGraph]) -> dict[str, int]:
     """Parameters (each named weight once) and per-token work of a set of graphs; compile
     records them before and after pruning."""
@@ -102,7 +107,7 @@ def graph_stats(graphs: list[ExportedGraph]) -> dict[str, int]:
         for name, value in g.model.graph.initializers.items():
             if value.const_value is not None and value.const_value.dtype.is_floating_point():
                 seen[name] = int(np.prod([int(d) for d in value.const_value.shape]))
-    steps = [g for g in graphs if g.spec.role in ("decoder_step", "step", "stage")]
+    steps = step_graphs(graphs)
     encoders = [g for g in graphs if g.spec.role == "encoder"]
     return {
         "parameters": sum(seen.values()),
@@ -135,16 +140,16 @@ def write_artifact(
             per_graph_bytes[g.spec.name] = sum(store.tensors[k]["bytes"] for k in set(initializers.values()))
     finally:
         store.close()
-    step_graphs = [g for g in graphs if g.spec.role in ("decoder_step", "step", "stage")]
+    work = graph_stats(graphs)
     stats = {
         "parameters": int(sum(np.prod(t["shape"]) for t in store.tensors.values())),
         "weight_bytes": int(sum(t["bytes"] for t in store.tensors.values())),
         "weight_bytes_per_graph": per_graph_bytes,
         # at batch 1 the decoder step multiplies each weight once: 2 FLOPs per element
-        "weight_bytes_per_token": sum(bytes_read_per_token(g.model) for g in step_graphs),
-        "flops_per_token": 2 * sum(matmul_weight_elements(g.model) for g in step_graphs),
+        "weight_bytes_per_token": work["weight_bytes_per_token"],
+        "flops_per_token": work["flops_per_token"],
         "attention_flops_per_context_token": 4 * model_config["d_model"] * model_config["n_layers"],
-        "weight_bytes_per_token_per_graph": {g.spec.name: bytes_read_per_token(g.model) for g in step_graphs},
+        "weight_bytes_per_token_per_graph": {g.spec.name: bytes_read_per_token(g.model) for g in step_graphs(graphs)},
         "sequential_depth_per_token": depth_per_token,
     }
     manifest = {

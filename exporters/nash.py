@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from edgeseq.models.nash import NashCheckpoint, kept_heads
+from edgeseq.models.nash import NashCheckpoint, kept_units
 from edgeseq.models.nash_masks import kept
 
 from .base import FamilyExporter, GraphSpec, TensorSpec
@@ -100,7 +100,7 @@ class NashDecoderStepGraph(torch.nn.Module):
 
 
 # ----- the pruning plan -------------------------------------------------------------------
-def _names(module: torch.nn.Module, root: torch.nn.Module) -> dict[int, str]:
+def _names(root: torch.nn.Module) -> dict[int, str]:
     return {id(p): f"{PREFIX}.{name}" for name, p in root.named_parameters()} | {
         id(b): f"{PREFIX}.{name}" for name, b in root.named_buffers()
     }
@@ -134,12 +134,6 @@ def _ffn_unit(f: FeedForward, names, unit: str, size: int, keep: list[int]) -> d
     }
 
 
-def _ffn_kept(masks, neuron_key: str, layer_key: str, layer: int, size: int) -> list[int]:
-    if layer_key in masks and bool(masks[layer_key][layer] == 0):
-        return []
-    return kept(masks[neuron_key][layer] if neuron_key in masks else None, size)
-
-
 def hidden_axes(graphs: NashGraphs, names) -> list[tuple[str, int]]:
     """Every initializer with a d_model axis, and which axis it is."""
     out = []
@@ -162,25 +156,25 @@ def hidden_axes(graphs: NashGraphs, names) -> list[tuple[str, int]]:
 
 def pruning_plan(graphs: NashGraphs, ckpt: NashCheckpoint) -> dict[str, Any]:
     """What the masks removed, by initializer name (JSON-able; stored in the manifest)."""
-    names = _names(graphs, graphs)
+    names = _names(graphs)
     m, d = ckpt.masks, ckpt.dims
     attention, ffn = [], []
     for i, (attn, feed) in enumerate(graphs.encoder_layers):
         attention.append(_attention_unit(attn.fn, names, f"encoder.{i}.self_attention", d.encoder_heads,
-                                         kept_heads(m, "head_z", "head_layer_z", i, d.encoder_heads), []))
+                                         kept_units(m, "head_z", "head_layer_z", i, d.encoder_heads), []))
         ffn.append(_ffn_unit(feed.fn, names, f"encoder.{i}.ffn", d.encoder_ffn,
-                             _ffn_kept(m, "intermediate_z", "mlp_z", i, d.encoder_ffn)))
+                             kept_units(m, "intermediate_z", "mlp_z", i, d.encoder_ffn)))
     for i, (self_attn, cross, feed) in enumerate(graphs.decoder_layers):
         attention.append(_attention_unit(
             self_attn.fn, names, f"decoder.{i}.self_attention", d.decoder_heads,
-            kept_heads(m, "dec_self_head_z", "dec_self_head_layer_z", i, d.decoder_heads),
+            kept_units(m, "dec_self_head_z", "dec_self_head_layer_z", i, d.decoder_heads),
             [f"past_key.{i}", f"past_value.{i}", f"present_key.{i}", f"present_value.{i}"]))
         attention.append(_attention_unit(
             cross.fn, names, f"decoder.{i}.cross_attention", d.decoder_heads,
-            kept_heads(m, "dec_cross_head_z", "dec_cross_head_layer_z", i, d.decoder_heads),
+            kept_units(m, "dec_cross_head_z", "dec_cross_head_layer_z", i, d.decoder_heads),
             [f"source_key.{i}", f"source_value.{i}"]))
         ffn.append(_ffn_unit(feed.fn, names, f"decoder.{i}.ffn", d.decoder_ffn,
-                             _ffn_kept(m, "dec_intermediate_z", "dec_mlp_z", i, d.decoder_ffn)))
+                             kept_units(m, "dec_intermediate_z", "dec_mlp_z", i, d.decoder_ffn)))
     hidden = None
     if "hidden_z" in m and bool((m["hidden_z"] == 0).any()):
         hidden = {"size": d.d_model, "kept": kept(m["hidden_z"], d.d_model), "axes": hidden_axes(graphs, names)}

@@ -333,8 +333,8 @@ def keep_decoder_layers(model, layers: list[int]) -> None:
         model.config.decoder_layers = len(layers)
 
 
-def kept_heads(masks: dict[str, torch.Tensor], key: str, layer_key: str, layer: int, heads: int) -> list[int]:
-    """Heads a sublayer keeps: none when its layer mask is zero."""
+def kept_units(masks: dict[str, torch.Tensor], key: str, layer_key: str, layer: int, size: int) -> list[int]:
+    """Heads (or FFN neurons) a sublayer keeps: none when its layer mask is zero."""
     if layer_key in masks and bool(masks[layer_key][layer] == 0):
         return []
-    return kept(masks[key][layer] if key in masks else None, heads)
+    return kept(masks[key][layer] if key in masks else None, size)

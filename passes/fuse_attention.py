@@ -22,14 +22,9 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common
 
+from .strip_pruned import sole_consumer
+
 MS_DOMAIN = "com.microsoft"
-
-
-def _consumer(value: ir.Value, op: str | None = None) -> ir.Node | None:
-    users = [node for node, _ in value.uses()]
-    if len(users) != 1 or (op is not None and users[0].op_type != op):
-        return None
-    return users[0]
 
 
 def _producer(value: ir.Value | None, op: str) -> ir.Node | None:
@@ -66,23 +61,23 @@ class FuseAttentionPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, bool(fused))
 
     def _fuse(self, graph: ir.Graph, query_weight: ir.Value, heads: int, unit: str) -> bool:
-        node = _consumer(query_weight, "MatMul")
+        node = sole_consumer(query_weight, "MatMul")
         if node is None:
             return False
         query = node.outputs[0]
-        while (nxt := _consumer(query)) is not None and nxt.op_type in ("Add", "Mul"):
+        while (nxt := sole_consumer(query)) is not None and nxt.op_type in ("Add", "Mul"):
             query = nxt.outputs[0]  # the projection's bias and BART's query scaling
-        split = _consumer(query, "Reshape")
-        transpose = _consumer(split.outputs[0], "Transpose") if split else None
-        scores = _consumer(transpose.outputs[0], "MatMul") if transpose else None
+        split = sole_consumer(query, "Reshape")
+        transpose = sole_consumer(split.outputs[0], "Transpose") if split else None
+        scores = sole_consumer(transpose.outputs[0], "MatMul") if transpose else None
         if scores is None or scores.inputs[0] is not transpose.outputs[0]:
             return False
         key_t = _producer(scores.inputs[1], "Transpose")
-        add = _consumer(scores.outputs[0], "Add")
-        softmax = _consumer(add.outputs[0], "Softmax") if add else None
-        weighted = _consumer(softmax.outputs[0], "MatMul") if softmax else None
-        back = _consumer(weighted.outputs[0], "Transpose") if weighted else None
-        merge = _consumer(back.outputs[0], "Reshape") if back else None
+        add = sole_consumer(scores.outputs[0], "Add")
+        softmax = sole_consumer(add.outputs[0], "Softmax") if add else None
+        weighted = sole_consumer(softmax.outputs[0], "MatMul") if softmax else None
+        back = sole_consumer(weighted.outputs[0], "Transpose") if weighted else None
+        merge = sole_consumer(back.outputs[0], "Reshape") if back else None
         if key_t is None or merge is None:
             return False
         bias = add.inputs[1] if add.inputs[0] is scores.outputs[0] else add.inputs[0]

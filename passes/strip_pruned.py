@@ -39,13 +39,22 @@ def _head_index(kept: list[int], head_dim: int) -> list[int]:
     return [h * head_dim + j for h in kept for j in range(head_dim)]
 
 
-def _only_consumer(value: ir.Value, op: str | None, unit: str) -> ir.Node:
+def sole_consumer(value: ir.Value, op: str | None = None) -> ir.Node | None:
+    """The one node reading `value` (of type `op`, if given), or None."""
     users = [node for node, _ in value.uses()]
     if len(users) != 1 or (op is not None and users[0].op_type != op):
-        found = ", ".join(n.op_type for n in users) or "nothing"
+        return None
+    return users[0]
+
+
+def _only_consumer(value: ir.Value, op: str | None, unit: str) -> ir.Node:
+    """sole_consumer, or a PassError naming what the plan expected."""
+    node = sole_consumer(value, op)
+    if node is None:
+        found = ", ".join(n.op_type for n, _ in value.uses()) or "nothing"
         raise PassError(f"{unit}: expected one {op} after {value.name}, found {found}",
                         "the graph does not have the layout this plan describes; re-export it with edgeseq")
-    return users[0]
+    return node
 
 
 class StripPrunedUnitsPass(ir.passes.InPlacePass):

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from edgeseq.models.nash import keep_decoder_layers, load_nash, nash_dims, select_layers
+from edgeseq.models.nash import fold_masks, keep_decoder_layers, load_nash, nash_dims, select_layers
 from edgeseq.models.nash_checkpoints import random_masks, random_model, save_hf_checkpoint
 from edgeseq.models.nash_masks import normalize_masks
 from edgeseq.runtimes import load
@@ -196,8 +196,6 @@ def test_skipping_the_fold_changes_outputs():
     outs = []
     for m in (masks, hard):
         model = random_model("t5-v1.1", "tiny", seed=0)
-        from edgeseq.models.nash import fold_masks
-
         fold_masks(model, m)
         with torch.no_grad():
             outs.append(model(input_ids=ids, decoder_input_ids=ids[:, :3]).logits)
