@@ -59,7 +59,7 @@ def compile_checkpoint(
         from edgeseq.exporters.nash import plan_summary
 
         before = graph_stats(graphs)
-        graphs = strip_pruned_units(graphs, model.plan, fuse_attention=target.startswith("ort"))
+        graphs = strip_pruned_units(graphs, model.plan, fuse_kernels=target.startswith("ort"))
         pruning = {"kept": plan_summary(model.plan), "before": before}
     for g in graphs:
         g.model = run_passes(g.model, family, g.spec.name)

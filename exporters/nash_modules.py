@@ -136,6 +136,18 @@ def _t5_bucket(relative, bidirectional: bool, config):
     )
 
 
+def _causal_bias_by_distance(bias, config):
+    """T5's causal relative bias [buckets, H] as a lookup by distance, [max_distance + 2, H]:
+    row 0 masks a future key, row d + 1 holds the bias of a key d positions back.
+
+    Precomputed because the bucket formula (log, divide, clamp: ~25 kernels) would otherwise
+    run at every decoder step; past max_distance the bucket no longer changes, so the
+    distance is clamped and the table stays small."""
+    back = torch.arange(config.relative_attention_max_distance + 1)
+    rows = F.embedding(_t5_bucket(-back, False, config), bias)
+    return torch.cat([torch.full((1, bias.shape[1]), NEG_INF), rows])
+
+
 class NashGraphs(nn.Module):
     """Both graphs' computation for one folded transformers T5/BART model."""
 
@@ -175,7 +187,8 @@ class NashGraphs(nn.Module):
         self.encoder_final = Norm(hf.encoder.final_layer_norm)
         self.decoder_final = Norm(hf.decoder.final_layer_norm)
         self.encoder_bias = nn.Parameter(hf.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.detach().clone())
-        self.decoder_bias = nn.Parameter(hf.decoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.detach().clone())
+        decoder_bias = hf.decoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.detach()
+        self.decoder_bias_by_distance = nn.Parameter(_causal_bias_by_distance(decoder_bias, c))
         self.embed_scale = 1.0
         self.output_scale = c.d_model**-0.5 if c.tie_word_embeddings else 1.0
 
@@ -209,23 +222,21 @@ class NashGraphs(nn.Module):
         x = F.embedding(ids, self.embed)
         return x * self.embed_scale if self.embed_scale != 1.0 else x
 
-    def t5_bias(self, table, query_pos, key_len, bidirectional):
-        """[B, H, Tq, Tk] relative position bias for query positions [B, Tq]."""
-        keys = torch.arange(key_len, dtype=torch.long)
-        bucket = _t5_bucket(keys[None, None, :] - query_pos[:, :, None], bidirectional, self.config)
-        return F.embedding(bucket, table).permute(0, 3, 1, 2)
+    def t5_encoder_bias(self, length):
+        """[1, H, S, S] bidirectional relative position bias (computed once per request)."""
+        positions = torch.arange(length, dtype=torch.long)
+        bucket = _t5_bucket(positions[None, :] - positions[:, None], True, self.config)
+        return F.embedding(bucket, self.encoder_bias).permute(2, 0, 1)[None]
 
     # ----- the two graphs -------------------------------------------------------------------
     def encode(self, source_ids, source_mask):
         """-> per decoder layer (cross key, cross value), each [B, H, S, Dh]."""
         x = self.tokens(source_ids)
-        bias = padding_bias(source_mask, source_ids.shape[1])
+        s = source_ids.shape[1]
+        bias = padding_bias(source_mask, s)
         if self.t5:
-            s = source_ids.shape[1]
-            positions = torch.arange(s, dtype=torch.long)[None, :]
-            bias = self.t5_bias(self.encoder_bias, positions, s, True) + bias
+            bias = self.t5_encoder_bias(s) + bias
         else:
-            s = source_ids.shape[1]
             x = self.encoder_embed_norm(x + F.embedding(torch.arange(s) + self.position_offset, self.encoder_positions))
         for attn, ffn in self.encoder_layers:
             x, _ = attn.self_attend(x, bias)
@@ -242,11 +253,12 @@ class NashGraphs(nn.Module):
         past_len = past[length_layer][0].shape[2] if length_layer is not None else 0
         total = past_len + n
         keys = torch.arange(total, dtype=torch.long)
-        causal = torch.where(keys[None, None, :] <= positions[:, :, None], 0.0, NEG_INF)[:, None]  # [B,1,N,T]
-        if self.t5:
-            self_bias = self.t5_bias(self.decoder_bias, positions, total, False) + causal
+        if self.t5:  # distance back + 1, 0 for a future key: the table masks and biases at once
+            table = self.decoder_bias_by_distance
+            back = (positions[:, :, None] - keys[None, None, :] + 1).clamp(0, table.shape[0] - 1)
+            self_bias = F.embedding(back, table).permute(0, 3, 1, 2)  # [B, H, N, T]
         else:
-            self_bias = causal
+            self_bias = torch.where(keys[None, None, :] <= positions[:, :, None], 0.0, NEG_INF)[:, None]
             x = self.decoder_embed_norm(x + F.embedding(positions + self.position_offset, self.decoder_positions))
         cross_bias = padding_bias(source_mask, n)
         present = []

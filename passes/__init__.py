@@ -56,21 +56,23 @@ def split_stagformer_steps(graphs: list, n_stacks: int) -> list:
     return out
 
 
-def strip_pruned_units(graphs: list, plan: dict, fuse_attention: bool = True) -> list:
+def strip_pruned_units(graphs: list, plan: dict, fuse_kernels: bool = True) -> list:
     """NASH: run StripPrunedUnitsPass on every graph with one plan (then, for ONNX Runtime,
-    FuseAttentionPass), and make each graph's spec match what is left (removed caches
-    gone, per-layer head counts)."""
+    FuseAttentionPass and FuseResidualNormPass), and make each graph's spec match what
+    is left (removed caches gone, per-layer head counts)."""
     from edgeseq.exporters import ExportedGraph, GraphSpec
 
     from .fuse_attention import FuseAttentionPass
+    from .fuse_residual_norm import FuseResidualNormPass
     from .strip_pruned import StripPrunedUnitsPass
 
     out = []
     for g in graphs:
         try:
             model = StripPrunedUnitsPass(plan)(g.model).model
-            if fuse_attention:
+            if fuse_kernels:
                 model = FuseAttentionPass(plan)(model).model
+                model = FuseResidualNormPass()(model).model
         except (ir.passes.PassError, ValueError) as e:
             raise PassError(f"graph {g.spec.name!r}: {e}", "this is an edgeseq bug: report it with the checkpoint config") from e
         spec = GraphSpec(g.spec.name, g.spec.role, _respec(g.spec.inputs, model.graph.inputs),

@@ -119,7 +119,7 @@ class FuseAttentionPass(ir.passes.InPlacePass):
         graph.insert_before(merge, mha)
         ir.convenience.replace_all_uses_with(merge.outputs[0], mha.outputs[0])
         for (old, _), new in zip(cache, mha.outputs[1:]):
-            _take_over(graph, old, new)
+            take_over(graph, old, new)
         return True
 
 
@@ -152,7 +152,7 @@ def _pack_projections(graph: ir.Graph, qkv: list[ir.Value], before: ir.Node, uni
     return list(split.outputs)
 
 
-def _take_over(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
+def take_over(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
     """`new` replaces `old` everywhere, including as a named graph output."""
     for i, out in enumerate(graph.outputs):
         if out is old:

@@ -64,7 +64,8 @@ class Decoding:
         next_ids = choose_next(logits, self.sampling, self.rng)
         for b in np.flatnonzero(~self.done):
             self.result.tokens[b].append(int(next_ids[b]))
-        self.done |= np.isin(next_ids, self.stops)
+        if self.stops.size:  # (not np.isin: its generic path costs ~50 us a step)
+            self.done |= (next_ids[:, None] == self.stops).any(axis=1)
         return next_ids
 
     @property

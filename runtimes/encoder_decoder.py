@@ -82,16 +82,18 @@ class EncoderDecoderModel:
         self._check_lengths(np.array([len(r) for r in d.rows]), max_new_tokens)
         source_kv, mask, lengths = self.encode(d.rows)
         batch = len(d.rows)
-        # read-only for the whole request: wrap once instead of at every step
-        feeds = {"source_mask": ort.OrtValue.ortvalue_from_numpy(mask), **dict(zip(self.source_names, source_kv))}
+        # every feed an OrtValue, the read-only ones wrapped once: a step streams all the
+        # weights through the caches, so the Python between two steps runs cold; keep it short
+        wrap = ort.OrtValue.ortvalue_from_numpy
+        feeds = {"source_mask": wrap(mask), **dict(zip(self.source_names, source_kv))}
         for name, (heads, head_dim) in self.past_shapes.items():
-            feeds[name] = np.zeros((batch, heads, 0, head_dim), dtype=np.float32)
+            feeds[name] = wrap(np.zeros((batch, heads, 0, head_dim), dtype=np.float32))
         start = lengths[:, None] if c["consecutive_positions"] else np.zeros((batch, 1), dtype=np.int64)
         token = np.full((batch, 1), c["bos_token_id"], dtype=np.int64)
         for step in range(max_new_tokens):
-            feeds["input_ids"] = token
-            feeds["positions"] = start + step
-            outputs = self.backend.run(self.decoder, feeds)
+            feeds["input_ids"] = wrap(token)
+            feeds["positions"] = wrap(start + step)
+            outputs = self.backend.run_values(self.decoder, feeds)
             next_ids = d.choose(outputs[0].numpy()[:, -1])  # logits: [B, V]
             if d.finished:
                 break

@@ -90,4 +90,9 @@ class OrtBackend:
     def run(self, graph: str, feeds: dict[str, Any]) -> list[ort.OrtValue]:
         """Run one graph; feeds are OrtValues or numpy arrays; outputs stay OrtValues."""
         values = {k: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
+        return self.run_values(graph, values)
+
+    def run_values(self, graph: str, values: dict[str, ort.OrtValue]) -> list[ort.OrtValue]:
+        """`run` for feeds that are all OrtValues already (a decode loop's hot path: after a
+        step has streamed every weight through the caches, each Python line runs cold)."""
         return self.sessions[graph].run_with_ort_values(self.output_names[graph], values)

@@ -1,0 +1,109 @@
+"""The ONNX Runtime kernel fusions of the NASH path: what they fuse, what they leave alone,
+and that a fused graph computes what the unfused one did (parity against transformers
+for whole models is in test_nash.py)."""
+
+import collections
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from edgeseq.passes.fuse_residual_norm import FuseResidualNormPass
+
+D = 8
+
+
+def rms_norm_graph(skip_is_constant: bool) -> onnx.ModelProto:
+    """s = a + b; out = w * (s / sqrt(mean(s^2) + eps)); the next residual reads s too,
+    as in a pre-norm T5 block: next = s + out."""
+    skip = "b_const" if skip_is_constant else "b"
+    nodes = [
+        helper.make_node("Add", ["a", skip], ["s"]),
+        helper.make_node("Pow", ["s", "two"], ["sq"]),
+        helper.make_node("ReduceMean", ["sq", "axes"], ["mean"], keepdims=1),
+        helper.make_node("Add", ["mean", "eps"], ["var"]),
+        helper.make_node("Sqrt", ["var"], ["rms"]),
+        helper.make_node("Div", ["s", "rms"], ["normed"]),
+        helper.make_node("Mul", ["w", "normed"], ["out"]),
+        helper.make_node("Add", ["s", "out"], ["next"]),
+    ]
+    rng = np.random.default_rng(0)
+    inits = [
+        helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [-1]),
+        helper.make_tensor("eps", TensorProto.FLOAT, [], [1e-6]),
+        helper.make_tensor("w", TensorProto.FLOAT, [D], rng.standard_normal(D).tolist()),
+        helper.make_tensor("b_const", TensorProto.FLOAT, [D], rng.standard_normal(D).tolist()),
+    ]
+    x = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3, D])  # noqa: E731
+    inputs = [x("a")] if skip_is_constant else [x("a"), x("b")]
+    graph = helper.make_graph(nodes, "norm", inputs, [x("out"), x("next")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run it as written
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def fused(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    result = FuseResidualNormPass()(ir.from_proto(model))
+    return ir.to_proto(result.model), result.modified
+
+
+def test_residual_norm_becomes_one_kernel_with_the_same_outputs():
+    model = rms_norm_graph(skip_is_constant=False)
+    rng = np.random.default_rng(1)
+    feeds = {"a": rng.standard_normal((1, 3, D), dtype=np.float32), "b": rng.standard_normal((1, 3, D), dtype=np.float32)}
+    after, modified = fused(model)
+    assert modified
+    assert [n.op_type for n in after.graph.node] == ["SkipSimplifiedLayerNormalization", "Add"]
+    for want, got in zip(run(model, feeds), run(after, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_residual_plus_a_constant_is_left_alone():
+    """A cut sublayer leaves x + bias: the kernel's skip input must be a full activation."""
+    after, modified = fused(rms_norm_graph(skip_is_constant=True))
+    assert not modified
+    assert "SkipSimplifiedLayerNormalization" not in [n.op_type for n in after.graph.node]
+
+
+def _ops(art, graph: str) -> collections.Counter:
+    model = onnx.load(str(art / f"{graph}.onnx"), load_external_data=False)
+    return collections.Counter(n.op_type for n in model.graph.node)
+
+
+@pytest.fixture(scope="module")
+def t5_unpruned(tmp_path_factory):
+    from edgeseq.models.nash_checkpoints import random_model, save_hf_checkpoint
+    from edgeseq.pipeline import compile_checkpoint
+
+    root = tmp_path_factory.mktemp("fusion")
+    ckpt = save_hf_checkpoint(random_model("t5-v1", "tiny", seed=0), root / "t5")
+    compile_checkpoint(ckpt, root / "t5.artifact")
+    return root / "t5.artifact"
+
+
+def test_t5_decoder_step_is_fused(t5_unpruned):
+    """Per decoder layer: one attention kernel per attention sublayer, and every residual
+    Add merged into the norm after it; the relative bias is a table lookup, not the
+    bucket formula (no Log at every step). Parity of this graph: test_nash.py."""
+    layers = 2
+    ops = _ops(t5_unpruned, "decoder_step")
+    assert ops["MultiHeadAttention"] == 2 * layers
+    # each sublayer's residual Add with the norm that reads it next (the final norm included)
+    assert ops["SkipSimplifiedLayerNormalization"] == 3 * layers
+    model = onnx.load(str(t5_unpruned / "decoder_step.onnx"), load_external_data=False)
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    residual_adds = [n for n in model.graph.node if n.op_type == "Add"
+                     and any(producers.get(i) in ("MatMul", "MultiHeadAttention") for i in n.input)]
+    assert residual_adds == []
+    assert ops["Log"] == 0 and ops["Softmax"] == 0
+    assert ops["MatMul"] == 6 * layers + 1  # packed qkv, o, cross q, cross o, 2 FFN; the LM head
