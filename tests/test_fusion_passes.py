@@ -9,9 +9,8 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
-
 from edgeseq.passes.fuse_residual_norm import FuseResidualNormPass
+from onnx import TensorProto, helper
 
 D = 8
 
@@ -83,6 +82,7 @@ def _ops(art, graph: str) -> collections.Counter:
 @pytest.fixture(scope="module")
 def t5_unpruned(tmp_path_factory):
     from edgeseq.models.nash_checkpoints import random_model, save_hf_checkpoint
+
     from edgeseq.pipeline import compile_checkpoint
 
     root = tmp_path_factory.mktemp("fusion")
