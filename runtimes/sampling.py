@@ -27,7 +27,7 @@ class SamplingOptions:
 def choose_next(logits: np.ndarray, options: SamplingOptions, rng: np.random.Generator) -> np.ndarray:
     """logits: [B, V] -> next token ids [B] (int64)."""
     if not options.do_sample:
-        return logits.argmax(axis=-1).astype(np.int64)
+        return logits.argmax(axis=-1).astype(np.int64, copy=False)
     scores = logits.astype(np.float64) / options.temperature
     if options.top_k and options.top_k < scores.shape[-1]:
         kth = np.partition(scores, -options.top_k, axis=-1)[:, -options.top_k][:, None]
