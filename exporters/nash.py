@@ -51,12 +51,16 @@ def _kv(prefix: str, i: int, length: str, c: NashExportConfig) -> tuple[TensorSp
     return TensorSpec(f"{prefix}_key.{i}", "float32", dims), TensorSpec(f"{prefix}_value.{i}", "float32", dims)
 
 
+# 0 / -inf per source token, from the encoder: the decoder steps' cross-attention adds it
+SOURCE_BIAS = TensorSpec("source_bias", "float32", ("batch", 1, 1, "source"))
+
+
 def encoder_spec(c: NashExportConfig) -> GraphSpec:
     return GraphSpec(
         name="encoder", role="encoder",
         inputs=(TensorSpec("source_ids", "int64", ("batch", "source"), "token_ids"),
                 TensorSpec("source_mask", "int64", ("batch", "source"), "mask")),
-        outputs=tuple(t for i in range(c.decoder_layers) for t in _kv("source", i, "source", c)),
+        outputs=(*(t for i in range(c.decoder_layers) for t in _kv("source", i, "source", c)), SOURCE_BIAS),
     )
 
 
@@ -67,7 +71,7 @@ def decoder_step_spec(c: NashExportConfig) -> GraphSpec:
         inputs=(
             TensorSpec("input_ids", "int64", ("batch", "new"), "token_ids"),
             TensorSpec("positions", "int64", ("batch", "new"), "positions"),
-            TensorSpec("source_mask", "int64", ("batch", "source"), "mask"),
+            SOURCE_BIAS,
             *(t for i in range(n) for t in _kv("source", i, "source", c)),
             *(t for i in range(n) for t in _kv("past", i, "past", c)),
         ),
@@ -82,7 +86,8 @@ class NashEncoderGraph(torch.nn.Module):
         self.nash = graphs
 
     def forward(self, source_ids, source_mask):
-        return tuple(t for kv in self.nash.encode(source_ids, source_mask) for t in kv)
+        cross, source_bias = self.nash.encode(source_ids, source_mask)
+        return (*(t for kv in cross for t in kv), source_bias)
 
 
 class NashDecoderStepGraph(torch.nn.Module):
@@ -91,11 +96,11 @@ class NashDecoderStepGraph(torch.nn.Module):
         self.nash = graphs
         self.length_layer = length_layer
 
-    def forward(self, input_ids, positions, source_mask, *caches):
+    def forward(self, input_ids, positions, source_bias, *caches):
         n = self.nash.n_decoder
         cross = [(caches[2 * i], caches[2 * i + 1]) for i in range(n)]
         past = [(caches[2 * n + 2 * i], caches[2 * n + 2 * i + 1]) for i in range(n)]
-        logits, present = self.nash.decode(input_ids, positions, source_mask, cross, past, self.length_layer)
+        logits, present = self.nash.decode(input_ids, positions, source_bias, cross, past, self.length_layer)
         return (logits, *(t for kv in present for t in kv))
 
 

@@ -7,8 +7,9 @@ compute exactly the same function with explicit tensors:
 
 - the encoder graph returns, for every decoder layer, the cross-attention keys and
   values (computed once per request from the encoder output);
-- the decoder step takes new token ids, their positions, the source mask, those
-  cross keys/values and a (possibly zero-length) self-attention cache per layer.
+- the encoder also returns the source's padding bias, so that no decoder step recomputes it;
+- the decoder step takes new token ids, their positions, that bias, the cross
+  keys/values and a (possibly zero-length) self-attention cache per layer.
 
 Heads are split with a -1 head count, so that stripping heads (passes/strip_pruned.py)
 is a matter of slicing initializers, re-targeting the merge of heads and, for T5,
@@ -120,10 +121,14 @@ class Sublayer(nn.Module):
         return self.close(x, self.fn(h, k, v, bias)), (k, v)
 
 
-def padding_bias(mask, queries: int):
-    """[B, S] 1/0 -> [B, 1, queries, S] additive (a full query axis: the fused attention
-    kernel broadcasts the batch and head axes of its bias, not the query axis)."""
-    bias = (1.0 - mask[:, None, None, :].to(torch.float32)) * NEG_INF
+def padding_bias(mask):
+    """[B, S] 1/0 -> [B, 1, 1, S] additive: 0 for a real token, NEG_INF for padding."""
+    return (1.0 - mask[:, None, None, :].to(torch.float32)) * NEG_INF
+
+
+def over_queries(bias, queries: int):
+    """[B, 1, 1, S] -> [B, 1, queries, S] (the fused attention kernel broadcasts the batch
+    and head axes of its bias, not the query axis)."""
     return bias.expand(-1, -1, queries, -1)
 
 
@@ -230,10 +235,12 @@ class NashGraphs(nn.Module):
 
     # ----- the two graphs -------------------------------------------------------------------
     def encode(self, source_ids, source_mask):
-        """-> per decoder layer (cross key, cross value), each [B, H, S, Dh]."""
+        """-> (per decoder layer (cross key, cross value), each [B, H, S, Dh]; the source's
+        padding bias [B, 1, 1, S], which every decoder step's cross-attention adds)."""
         x = self.tokens(source_ids)
         s = source_ids.shape[1]
-        bias = padding_bias(source_mask, s)
+        source_bias = padding_bias(source_mask)
+        bias = over_queries(source_bias, s)
         if self.t5:
             bias = self.t5_encoder_bias(s) + bias
         else:
@@ -243,11 +250,12 @@ class NashGraphs(nn.Module):
             x = ffn(x)
         if self.t5:
             x = self.encoder_final(x)
-        return [layer[1].fn.keys_values(x) for layer in self.decoder_layers]
+        return [layer[1].fn.keys_values(x) for layer in self.decoder_layers], source_bias
 
-    def decode(self, input_ids, positions, source_mask, cross, past, length_layer: int | None):
-        """One decoder step: new ids [B, N] at `positions` [B, N]; cross/past per layer (k, v).
-        `length_layer` names a layer whose self-attention cache gives the past length."""
+    def decode(self, input_ids, positions, source_bias, cross, past, length_layer: int | None):
+        """One decoder step: new ids [B, N] at `positions` [B, N]; the encoder's padding bias;
+        cross/past per layer (k, v). `length_layer` names a layer whose self-attention
+        cache gives the past length."""
         x = self.tokens(input_ids)
         n = input_ids.shape[1]
         past_len = past[length_layer][0].shape[2] if length_layer is not None else 0
@@ -260,7 +268,7 @@ class NashGraphs(nn.Module):
         else:
             self_bias = torch.where(keys[None, None, :] <= positions[:, :, None], 0.0, NEG_INF)[:, None]
             x = self.decoder_embed_norm(x + F.embedding(positions + self.position_offset, self.decoder_positions))
-        cross_bias = padding_bias(source_mask, n)
+        cross_bias = over_queries(source_bias, n)
         present = []
         for (self_attn, cross_attn, ffn), layer_past, (ck, cv) in zip(self.decoder_layers, past, cross):
             x, kv = self_attn.self_attend(x, self_bias, layer_past)

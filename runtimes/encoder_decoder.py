@@ -1,7 +1,7 @@
 """The encoder-decoder decode loop (RED, NASH T5/BART): encode once, then one decoder step per token.
 
 The graphs' signatures in the manifest drive it: every encoder output feeds the decoder
-input of the same name, every `present_*` output becomes next step's `past_*`, and
+input of the same name (the source mask too, where the decoder takes it), every `present_*` output becomes next step's `past_*`, and
 each past starts empty with its own head count (pruned layers differ).
 
 Every call keeps its own state (caches, RNG), and ONNX Runtime sessions may be run from
@@ -30,6 +30,7 @@ class EncoderDecoderModel:
         encoder, decoder = artifact.graph("encoder"), artifact.graph("decoder_step")
         self.encoder, self.decoder = encoder["name"], decoder["name"]
         self.source_names = [t["name"] for t in encoder["outputs"]]
+        self.decoder_inputs = {t["name"] for t in decoder["inputs"]}
         # past_* input -> (heads, head_dim) of its empty first-step value
         self.past_shapes = {t["name"]: (t["dims"][1], t["dims"][3]) for t in decoder["inputs"]
                             if t["name"].startswith("past_")}
@@ -85,7 +86,9 @@ class EncoderDecoderModel:
         # every feed an OrtValue, the read-only ones wrapped once: a step streams all the
         # weights through the caches, so the Python between two steps runs cold; keep it short
         wrap = ort.OrtValue.ortvalue_from_numpy
-        feeds = {"source_mask": wrap(mask), **dict(zip(self.source_names, source_kv))}
+        feeds = {name: value for name, value in zip(self.source_names, source_kv) if name in self.decoder_inputs}
+        if "source_mask" in self.decoder_inputs:  # RED; NASH's encoder returns a bias instead
+            feeds["source_mask"] = wrap(mask)
         for name, (heads, head_dim) in self.past_shapes.items():
             feeds[name] = wrap(np.zeros((batch, heads, 0, head_dim), dtype=np.float32))
         start = lengths[:, None] if c["consecutive_positions"] else np.zeros((batch, 1), dtype=np.int64)
