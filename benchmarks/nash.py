@@ -1,6 +1,6 @@
 """NASH benchmark (`just bench`): a t5-small-shaped T5 with random weights, batch 1, one run.
 
-Rows, timed side by side in alternating rounds (median of rounds):
+Rows, timed side by side in rounds (each round starting from the next engine; median of rounds):
   (a) transformers eager `generate`
   (b) optimum-onnx `ORTModelForSeq2SeqLM`, exported from the same checkpoint
   (c) edgeseq, unpruned
@@ -16,7 +16,7 @@ best of a few back-to-back repetitions (`--repeats`, as the bandwidth is the bes
 five copies) and every figure is the median over rounds. Per-round samples are kept in
 the results file.
 
-    python benchmarks/nash.py [--workdir .cache/bench] [--rounds 7] [--repeats 3] [--threads 2]
+    python benchmarks/nash.py [--workdir .cache/bench] [--rounds 11] [--repeats 5] [--threads 2]
 
 Writes benchmarks/results/nash-t5-small.json and prints the table the README quotes.
 """
@@ -103,8 +103,8 @@ def build(workdir: Path) -> tuple[Path, Path, Path, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, default=Path(".cache/bench"))
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--source-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -125,10 +125,10 @@ def main() -> None:
     for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds}", flush=True)
         bandwidths.append(measure_bandwidth())  # each round: the limit under that round's load
-        for e in engines:
-            # let the previous engine's ONNX Runtime threads stop spinning: they would
-            # steal a core from this one (in a service one model runs at a time)
-            time.sleep(0.1)
+        for e in engines[r % len(engines):] + engines[: r % len(engines)]:  # no engine always follows another
+            # let the previous engine's threads (ORT's, torch's OpenMP) stop spinning: they
+            # would steal a core from this one (in a service one model runs at a time)
+            time.sleep(0.2)
             samples[e.name]["encode"].append(1000 * best_time(args.repeats, e.encode, rows))
             samples[e.name]["first"].append(1000 * best_time(args.repeats, e.generate, rows, 1))
             samples[e.name]["decode"].append(decode_tok_s(e.generate, rows, args.new_tokens, args.repeats))
