@@ -212,10 +212,11 @@ def _drop_io(graph: ir.Graph, names: list[str]) -> None:
 
 
 def _drop_unused_inputs(graph: ir.Graph) -> None:
-    """Cache inputs that nothing reads any more leave the graph's signature."""
+    """Inputs for what the pass removed (caches, cross keys/values, the padding bias they
+    needed) leave the graph's signature once nothing reads them."""
     for i in reversed(range(len(graph.inputs))):
         value = graph.inputs[i]
-        if not value.uses() and (value.name.startswith(("past_", "source_key", "source_value"))):
+        if not value.uses() and (value.name.startswith(("past_", "source_key", "source_value", "source_bias"))):
             graph.inputs.pop(i)
 
 

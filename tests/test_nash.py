@@ -49,6 +49,12 @@ def decoder_self_gone() -> dict[str, torch.Tensor]:
     return {"dec_self_head_z": torch.tensor([[0.0] * H, [1.0, 0.0, 0.5, 1.0]])}
 
 
+def cross_attention_gone() -> dict[str, torch.Tensor]:
+    """No decoder layer keeps cross-attention: the decoder reads nothing from the encoder
+    (its keys/values and the source padding bias leave both graphs)."""
+    return {"dec_cross_head_layer_z": torch.zeros(L)}
+
+
 MASKS = {
     "none": lambda dims: None,
     "sparse30": lambda dims: random_masks(dims, 0.3, seed=1),
@@ -56,9 +62,11 @@ MASKS = {
     "edge": lambda dims: edge_masks(),
     "decoder-self-gone": lambda dims: decoder_self_gone(),
     "hidden": lambda dims: random_masks(dims, 0.3, seed=4, hidden=True),
+    "cross-gone": lambda dims: cross_attention_gone(),
 }
 FAST = [("t5-v1", "edge"), ("t5-v1.1", "edge"), ("bart", "edge"), ("t5-v1", "sparse60"),
-        ("t5-v1.1", "hidden"), ("bart", "hidden"), ("bart", "decoder-self-gone"), ("t5-v1.1", "none")]
+        ("t5-v1.1", "hidden"), ("bart", "hidden"), ("bart", "decoder-self-gone"), ("t5-v1.1", "none"),
+        ("t5-v1", "cross-gone")]
 SLOW = [(v, m) for v in VARIANTS for m in MASKS if (v, m) not in FAST]
 
 
@@ -142,6 +150,14 @@ def test_removed_self_attention_drops_its_cache(compiled):
     dec_in, dec_out, _ = _signature(art, "decoder_step")
     assert "past_key.0" not in dec_in and "present_key.0" not in dec_out
     assert "past_key.1" in dec_in and "present_value.1" in dec_out
+
+
+def test_decoder_without_cross_attention_reads_nothing_from_the_encoder(compiled):
+    _, art = compiled("t5-v1", "cross-gone")
+    dec_in, _, _ = _signature(art, "decoder_step")
+    assert not [name for name in dec_in if name.startswith("source_")]
+    # the runtime feeds only what the decoder takes (parity for this case: the FAST grid)
+    assert load(art).generate([[5, 6, 7]], max_new_tokens=3, stop_tokens=[]).tokens[0]
 
 
 def test_every_whole_sublayer_cut_leaves_no_matmul_for_it(compiled):
