@@ -168,7 +168,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps(report, indent=2))
 
     print(f"\nt5-small shape, random weights, batch 1, {args.threads} threads, source {args.source_len}, "
-          f"{args.new_tokens} new tokens, median of {args.rounds} alternating rounds (best of {args.repeats} in each)\n")
+          f"{args.new_tokens} new tokens, median of {args.rounds} rounds, each starting from the next engine (best of {args.repeats} in each)\n")
     print("| engine | decode tok/s | encoder ms | first token ms | weight MB / token | roofline fraction |")
     print("|---|---|---|---|---|---|")
     for r in table:

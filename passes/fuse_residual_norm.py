@@ -19,10 +19,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common
 
-from .fuse_attention import take_over
+from .fuse_attention import MS_DOMAIN, take_over
 from .strip_pruned import sole_consumer
-
-MS_DOMAIN = "com.microsoft"
 
 
 def _constant(value: ir.Value | None) -> np.ndarray | None:

@@ -1,8 +1,9 @@
 """The encoder-decoder decode loop (RED, NASH T5/BART): encode once, then one decoder step per token.
 
 The graphs' signatures in the manifest drive it: every encoder output feeds the decoder
-input of the same name (the source mask too, where the decoder takes it), every `present_*` output becomes next step's `past_*`, and
-each past starts empty with its own head count (pruned layers differ).
+input of the same name (the source mask too, where the decoder takes it), every
+`present_*` output becomes next step's `past_*`, and each past starts empty with its
+own head count (pruned layers differ).
 
 Every call keeps its own state (caches, RNG), and ONNX Runtime sessions may be run from
 many threads at once, so `generate` is safe to call concurrently. Caches stay OrtValues
