@@ -19,6 +19,7 @@ bench:
     .venv/bin/python benchmarks/red.py
     .venv/bin/python benchmarks/stagformer.py
     .venv/bin/python benchmarks/nash.py
+    .venv/bin/python benchmarks/engine.py
 
 lint:
     bash scripts/setup.sh

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from edgeseq.models.checkpoint import init_checkpoint
 from edgeseq.runtimes import load, read_artifact
+from edgeseq.runtimes.engine import Engine
+from edgeseq.runtimes.sequence import Sequence
 
 from edgeseq.bench import decode_tok_s, measure_bandwidth, sharing_report, sharing_table
 from edgeseq.pipeline import compile_checkpoint
@@ -32,25 +34,21 @@ def build(workdir: Path, name: str, sets: list[str], split: bool = True) -> Path
     return art
 
 
-def stage_times_ms(model, rows: list[list[int]], repeats: int = 50) -> dict[str, float]:
-    """Median time of each stage graph alone on a real decode-step state."""
-    outputs, mask, positions = model.prefill(rows)
-    from edgeseq.runtimes.staggered import next_input_name
-
-    state = {next_input_name(n): v for n, v in outputs.items() if next_input_name(n)}
-    state.update(
-        input_ids=np.full((len(rows), 1), 5, dtype=np.int64), positions=positions + 1,
-        attention_mask=np.concatenate([mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1),
-    )
+def stage_times_ms(model, prompt: list[int], repeats: int = 50) -> dict[str, float]:
+    """Median time of each stage graph alone on a real decode-step state (batch 1)."""
+    engine = Engine(model.artifact, model.backend, max_rows=1)
+    seq = Sequence(prompt, 2, frozenset())
+    seq.next_token = int(engine.admit([seq])[0].argmax())
+    feeds = engine.feeds(1)
     times = {}
-    for g in model.step_graphs:
-        feeds = {n: state[n] for n in model.inputs[g]}
+    for g in engine.step_graphs:
         samples = []
         for _ in range(repeats):
             start = time.perf_counter()
-            model.backend.run(g, feeds)
+            model.backend.run(g, feeds[g])
             samples.append(time.perf_counter() - start)
         times[g] = 1000 * statistics.median(samples)
+    engine.close()
     return times
 
 
@@ -99,7 +97,10 @@ def main() -> None:
         }
         for b in (1, 8)
     }
-    stages = stage_times_ms(load(split, threads=t, schedule="sequential"), rows[1])
+    with load(split, threads=t, schedule="sequential") as sequential:
+        stages = stage_times_ms(sequential, rows[1][0])
+    for model in configs.values():
+        model.close()
     manifest = read_artifact(split).manifest
     per_stage_bytes = manifest["stats"]["weight_bytes_per_token_per_graph"]
     sharing = sharing_report(shared=shared, separate=split)

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from edgeseq.bench_engine import concurrency_report, step_ms_by_position
 from edgeseq.errors import BuildError
+from edgeseq.families import FAMILIES
 from edgeseq.runtimes import load
 
 
@@ -49,7 +51,9 @@ def resident_mb() -> float:
 RESIDENT_PROBE = """
 import sys
 from edgeseq.bench import resident_mb
+from edgeseq.bench_engine import concurrency_report, step_ms_by_position
 from edgeseq.errors import BuildError
+from edgeseq.families import FAMILIES
 from edgeseq.runtimes import load
 import onnxruntime  # noqa: F401  (the library itself counts as "before")
 before = resident_mb()
@@ -134,7 +138,7 @@ class OrtEngine(Engine):
         self.name = "edgeseq (onnxruntime)"
         self.model = load(path, threads=threads, schedule=schedule)
         # prefill: RED's encoder, or a decoder-only model's prompt pass
-        self.encode = getattr(self.model, "encode", None) or self.model.prefill
+        self.encode = self.model.encode
         self.generate = lambda rows, n: self.model.generate(rows, max_new_tokens=n, stop_tokens=[])
 
 
@@ -177,15 +181,20 @@ def bench_artifact(
     threads: int | None = None,
     on_progress: Callable[[str], None] | None = None,
     schedule: str = "concurrent",
+    concurrency: int | None = None,
 ) -> dict[str, Any]:
+    """Prefill and decode figures (optionally against PyTorch eager), step time by position
+    and, with `concurrency` clients, continuous batching against one-at-a-time calls."""
     say = on_progress or (lambda _: None)
     threads = threads or 1
     rss_before = resident_mb()
     ort_engine = OrtEngine(Path(path), threads, schedule)
-    if vs_torch and ort_engine.model.artifact.family != "red":
+    family = ort_engine.model.artifact.family
+    if vs_torch and not FAMILIES[family].torch_baseline:
+        ort_engine.model.close()
         raise BuildError(
-            f"--vs-torch is available for red artifacts, not {ort_engine.model.artifact.family}",
-            "for StagFormer run benchmarks/stagformer.py (split vs unsplit vs p = 1 in one run)",
+            f"--vs-torch is available for {', '.join(n for n, f in FAMILIES.items() if f.torch_baseline)} artifacts, not {family}",
+            "for StagFormer run benchmarks/stagformer.py (split vs unsplit vs p = 1 in one run); for NASH benchmarks/nash.py",
         )
     config = ort_engine.model.config
     new_tokens = max(2, min(new_tokens, config["max_positions"] - source_len))
@@ -211,6 +220,7 @@ def bench_artifact(
             s.setdefault("prefill_ms", []).append(1000 * _timed(engine.encode, rows[1]))
             for b in batches:
                 s.setdefault(f"decode_tok_s_b{b}", []).append(decode_tok_s(engine.generate, rows[b], new_tokens))
+    ort_engine.model.close()
     say("measuring memory bandwidth")
     bandwidth = measure_bandwidth()
     bytes_per_token = ort_engine.model.artifact.manifest["stats"]["weight_bytes_per_token"]
@@ -235,6 +245,10 @@ def bench_artifact(
         "peak_rss_mb": peak_rss_mb(),
         "results": results,
     }
+    say("step time by position")
+    report["step_ms_by_position"] = step_ms_by_position(path, bandwidth, threads)
+    if concurrency:
+        report["concurrency"] = concurrency_report(path, concurrency, threads, on_progress=say)
     if vs_torch:
         ort_row, torch_row = results
         report["speedup_vs_torch"] = {

@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeseq import __version__
-from edgeseq.exporters import ExportedGraph
+from edgeseq.graph_spec import ExportedGraph
 from edgeseq.runtimes.artifact import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -124,6 +124,7 @@ def write_artifact(
     graphs: list[ExportedGraph],
     target: str,
     precision: str,
+    decode: dict[str, Any],
     schedule: list[dict[str, Any]],
     depth_per_token: int,
 ) -> dict[str, Any]:
@@ -160,6 +161,7 @@ def write_artifact(
         "target": target,
         "precision": precision,
         "graphs": manifest_graphs,
+        "decode": decode,
         "weights": {"file": WEIGHTS_FILE, "tensors": store.tensors},
         "schedule": schedule,
         "stats": stats,

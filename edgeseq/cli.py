@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeseq import __version__
-from edgeseq.errors import EdgeseqError, GenerateError
+from edgeseq.errors import BuildError, EdgeseqError, GenerateError
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -75,7 +75,7 @@ def cli(debug):
 @cli.command()
 @click.argument("family")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
-@click.option("--preset", default=None, help="Named size (tiny, small, base). Default: the family's smallest.")
+@click.option("--preset", default=None, help="Named size (red, stagformer: tiny, small/edge, base; nash: tiny, small, t5-small). Default: tiny.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config value; repeatable.")
 @click.option("--seed", default=0, show_default=True, help="Random-init seed.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
@@ -87,25 +87,14 @@ def init(family, out, preset, sets, seed, force, as_json):
     FAMILY nash writes a Hugging Face T5/BART folder instead: --preset tiny|small|t5-small,
     --set variant=t5-v1|t5-v1.1|bart, decoder_layers=K, selection=unif|low|high,
     sparsity=S (a zs.pt pruning that fraction of encoder heads and FFN neurons)."""
-    from edgeseq.models.checkpoint import init_checkpoint, read_config
-    from edgeseq.models.config import config_to_dict
+    from edgeseq.families import family as family_record
 
-    if family == "nash":
-        from edgeseq.models.nash_checkpoints import init_nash_checkpoint
-
-        path = init_nash_checkpoint(out, preset, sets, seed=seed, force=force)
-        if as_json:
-            emit_json({"checkpoint": str(path)})
-        else:
-            out_console.print(f"wrote Hugging Face NASH checkpoint to {path}")
-        return
-
-    path = init_checkpoint(family, out, preset, sets, seed=seed, force=force)
-    fam, config = read_config(path)
+    path = family_record(family).init(out, preset, sets, seed=seed, force=force)
+    config = json.loads((Path(path) / "config.json").read_text())
     if as_json:
-        emit_json({"checkpoint": str(path), "config": config_to_dict(config, fam)})
+        emit_json({"checkpoint": str(path), "family": family, "config": config})
     else:
-        out_console.print(f"wrote {fam} checkpoint to {path}")
+        out_console.print(f"wrote {family} checkpoint to {path}")
 
 
 @cli.command(name="compile")
@@ -267,15 +256,19 @@ def print_pruning(pruning) -> None:
 @click.option("--rounds", default=5, show_default=True, help="Alternating rounds; figures are medians.")
 @click.option("--threads", default=1, show_default=True, type=int, help="Intra-op threads for every engine.")
 @click.option("--schedule", type=click.Choice(["concurrent", "sequential", "recurrent"]), default="concurrent", show_default=True, help="StagFormer: a step's stages concurrently, in turn, or recurrent (shared weights: last stack only).")
+@click.option("--concurrency", default=None, type=int, help="Also time N client threads calling generate at once vs one at a time.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, schedule, as_json):
+def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, schedule, concurrency, as_json):
     """Time prefill and decode of ARTIFACT (optionally against PyTorch eager), with the roofline."""
     from edgeseq.bench import bench_artifact
 
+    if concurrency is not None and concurrency < 1:
+        raise BuildError(f"--concurrency {concurrency} must be at least 1", "pass e.g. --concurrency 16")
     with stage_status(not as_json, "benchmarking") as say:
         report = bench_artifact(
-            artifact, vs_torch, source_len, new_tokens, rounds=rounds, threads=threads, on_progress=say, schedule=schedule
+            artifact, vs_torch, source_len, new_tokens, rounds=rounds, threads=threads, on_progress=say, schedule=schedule,
+            concurrency=concurrency,
         )
     if as_json:
         emit_json(report)
@@ -296,6 +289,17 @@ def print_bench(report) -> None:
         f"{report['rounds']} rounds (medians); bandwidth {report['bandwidth_gb_s']:.1f} GB/s, "
         f"{report['weight_bytes_per_token'] / 1e6:.2f} MB weights/token -> roofline {report['roofline_tok_s_b1']:.0f} tok/s at b1"
     )
+    table = Table("position", "step ms", "weights MB", "cache MB", "roofline ms", "roofline fraction")
+    for r in report["step_ms_by_position"]:
+        table.add_row(str(r["position"]), f"{r['step_ms']:.3f}", f"{r['weight_bytes'] / 1e6:.2f}", f"{r['cache_bytes'] / 1e6:.2f}",
+                      f"{r['roofline_ms']:.3f}", f"{100 * r['roofline_fraction']:.0f}%")
+    out_console.print(table)
+    if "concurrency" in report:
+        c = report["concurrency"]
+        out_console.print(
+            f"{c['clients']} clients at once: {c['tokens_per_s']:.0f} tok/s vs {c['one_at_a_time_tokens_per_s']:.0f} tok/s "
+            f"one at a time ({c['speedup']:.2f}x; mean batch {c['mean_batch_size']:.1f})"
+        )
     if "speedup_vs_torch" in report:
         s = report["speedup_vs_torch"]
         out_console.print(

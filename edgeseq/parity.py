@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from edgeseq.errors import CheckpointError
-from edgeseq.runtimes.encoder_decoder import EncoderDecoderModel
 
 
 def _padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +68,7 @@ def runtime_runs(runtime, steps: int, seed: int, cases: list[list[int]]):
 
 
 def teacher_forced_parity(
-    runtime: EncoderDecoderModel, reference, atol: float, steps: int, seed: int, cases: list[list[int]] | None,
+    runtime, reference, atol: float, steps: int, seed: int, cases: list[list[int]] | None,
 ) -> dict[str, Any]:
     """Encoder-decoder parity: `reference(source, mask, decoder_in, steps)` returns the
     teacher-forced logits [B, N, V] for the runtime's own tokens and its own greedy tokens."""
@@ -96,7 +95,7 @@ def teacher_forced_parity(
 
 
 def encoder_decoder_parity(
-    runtime: EncoderDecoderModel, model: torch.nn.Module, atol: float, steps: int = 64, seed: int = 0,
+    runtime, model: torch.nn.Module, atol: float, steps: int = 64, seed: int = 0,
     cases: list[list[int]] | None = None,
 ) -> dict[str, Any]:
     """RED: the runtime against the PyTorch model."""
@@ -110,19 +109,18 @@ def encoder_decoder_parity(
 
 def parity_report(artifact: str | Path, reference: str | Path, steps: int = 64) -> dict[str, Any]:
     """`edgeseq parity`: load both sides and run the family's parity check."""
-    from edgeseq.exporters import exporter_for
+    from edgeseq.families import family_of_checkpoint
     from edgeseq.runtimes import load
-    from edgeseq.sources import load_source
 
-    runtime = load(artifact)
-    source = load_source(reference)
-    family, model = source.family, source.model
-    if family != runtime.artifact.family:
-        raise CheckpointError(
-            f"reference is a {family} checkpoint but the artifact is {runtime.artifact.family}",
-            "pass the checkpoint the artifact was compiled from",
-        )
-    return PARITY_CHECKS[family](runtime, model, exporter_for(family).atol, steps=steps)
+    record = family_of_checkpoint(reference)
+    with load(artifact) as runtime:
+        if record.name != runtime.artifact.family:
+            raise CheckpointError(
+                f"reference is a {record.name} checkpoint but the artifact is {runtime.artifact.family}",
+                "pass the checkpoint the artifact was compiled from",
+            )
+        source = record.load(Path(reference))
+        return record.parity(runtime, source.model, record.exporter().atol, steps=steps)
 
 
 def decoder_only_parity(
@@ -175,7 +173,7 @@ def hf_greedy(model, source: torch.Tensor, mask: torch.Tensor, steps: int) -> to
 
 
 def hf_parity(
-    runtime: EncoderDecoderModel, model, atol: float, steps: int = 64, seed: int = 0,
+    runtime, model, atol: float, steps: int = 64, seed: int = 0,
     cases: list[list[int]] | None = None,
 ) -> dict[str, Any]:
     """NASH: the runtime against Hugging Face transformers with the masks folded in
@@ -188,6 +186,3 @@ def hf_parity(
 
     return teacher_forced_parity(runtime, reference, atol, steps, seed, cases)
 
-
-# family -> its parity check (the torch reference and runtime differ per family)
-PARITY_CHECKS = {"red": encoder_decoder_parity, "nash": hf_parity, "stagformer": decoder_only_parity}

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from edgeseq.atomic import atomic_folder
-from edgeseq.build import graph_stats, write_artifact, write_manifest
+from edgeseq.build import write_artifact, write_manifest
 from edgeseq.errors import BuildError, ParityError
-from edgeseq.exporters import export_graphs, exporter_for
-from edgeseq.passes import run_passes, split_stagformer_steps, strip_pruned_units
+from edgeseq.exporters import export_graphs
+from edgeseq.families import family_of_checkpoint
+from edgeseq.passes import run_passes
 from edgeseq.runtimes import load as load_artifact
-from edgeseq.runtimes.ort_backend import check_target
-from edgeseq.sources import load_source
+from edgeseq.runtimes.backend import check_target
 
 PRECISIONS = {"fp32": "available", "fp16": "planned", "bf16": "planned"}
 
@@ -47,38 +47,28 @@ def compile_checkpoint(
     if out.exists() and not force:
         raise BuildError(f"output folder {out} already exists", "choose another -o folder or pass --force")
     say("loading checkpoint")
-    source = load_source(checkpoint)
+    record = family_of_checkpoint(checkpoint)
+    source = record.load(Path(checkpoint))
     family, model = source.family, source.model
-    exporter = exporter_for(family)
+    exporter = record.exporter()
     graphs = export_graphs(model, exporter, on_graph=lambda spec: say(f"exporting {spec.name}"))
     say("running graph passes")
-    pruning = None
-    if family == "stagformer" and split:
-        graphs = split_stagformer_steps(graphs, model.config.n_stacks)
-    if family == "nash":
-        from edgeseq.exporters.nash import plan_summary
-
-        before = graph_stats(graphs)
-        graphs = strip_pruned_units(graphs, model.plan, fuse_kernels=target.startswith("ort"))
-        pruning = {"kept": plan_summary(model.plan), "before": before}
+    graphs, extras = record.passes(graphs, model, target, split)
     for g in graphs:
         g.model = run_passes(g.model, family, g.spec.name)
-    if pruning:
-        pruning["after"] = graph_stats(graphs)
     with atomic_folder(out) as tmp:
         say("writing artifact")
         manifest = write_artifact(
-            tmp, family, source.config, graphs, target, precision,
+            tmp, family, source.config, graphs, target, precision, exporter.decode(model.config, split),
             exporter.schedule(model.config, split), exporter.sequential_depth_per_token(model.config, split),
         )
-        if pruning:
-            manifest["pruning"] = pruning
+        if extras:
+            manifest.update(extras)
             write_manifest(tmp, manifest)
         if verify:
             say("checking parity against PyTorch")
-            from edgeseq.parity import PARITY_CHECKS  # torch-heavy; only when verifying
-
-            report = PARITY_CHECKS[family](load_artifact(tmp, target=target), model, exporter.atol)
+            with load_artifact(tmp, target=target) as runtime:
+                report = record.parity(runtime, model, exporter.atol)
             manifest["parity"] = report
             write_manifest(tmp, manifest)
             if not report["passed"]:

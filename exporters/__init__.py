@@ -1,24 +1,15 @@
-"""torch -> ONNX exporters, one module per family, registered by family name."""
+"""torch -> ONNX exporters, one module per family; which family uses which is in edgeseq/families.py."""
 
-from edgeseq.errors import ConfigError
+from edgeseq.graph_spec import ExportedGraph, GraphSpec, TensorSpec
 
-from .base import ExportedGraph, FamilyExporter, GraphSpec, TensorSpec, export_graphs
-from .nash import NashExporter
-from .red import RedExporter
-from .stagformer import StagFormerExporter
-
-EXPORTERS: dict[str, FamilyExporter] = {
-    "red": RedExporter(), "nash": NashExporter(), "stagformer": StagFormerExporter(),
-}
+from .base import FamilyExporter, export_graphs
 
 
 def exporter_for(family: str) -> FamilyExporter:
-    try:
-        return EXPORTERS[family]
-    except KeyError:
-        raise ConfigError(
-            f"no exporter for family {family!r}", f"families with exporters: {', '.join(sorted(EXPORTERS))}"
-        ) from None
+    """The exporter of a registered family (a ConfigError names the families otherwise)."""
+    from edgeseq.families import family as family_record
+
+    return family_record(family).exporter()
 
 
-__all__ = ["EXPORTERS", "ExportedGraph", "FamilyExporter", "GraphSpec", "TensorSpec", "export_graphs", "exporter_for"]
+__all__ = ["ExportedGraph", "FamilyExporter", "GraphSpec", "TensorSpec", "export_graphs", "exporter_for"]

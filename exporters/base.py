@@ -16,54 +16,17 @@ import onnx_ir as ir
 import torch
 
 from edgeseq.errors import ExportError
+from edgeseq.graph_spec import ExportedGraph, GraphSpec, TensorSpec
 
 # Sizes used for the example inputs of each symbolic dim. None may be 0 or 1: the
 # exporter would specialise the graph to that size (DESIGN §4).
-EXAMPLE_DIM_SIZES = {"batch": 2, "source": 5, "past": 3, "new": 2, "history": 3, "prompt": 5}
+EXAMPLE_DIM_SIZES = {"batch": 2, "source": 5, "past": 3, "new": 2, "history": 3, "prompt": 5, "cache": 4}
 
 
 def split_dim(d: str) -> tuple[str, int]:
     """'history+2' -> ('history', 2): a dim derived from another by a constant offset."""
     name, plus, offset = d.partition("+")
     return name, int(offset) if plus else 0
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output. `dims` holds ints or symbolic names (dynamic axes).
-
-    `example` says how to fill an example input: token_ids, positions, mask or hidden.
-    """
-
-    name: str
-    dtype: str
-    dims: tuple
-    example: str = "hidden"
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    name: str  # file stem and manifest key
-    role: str  # what the runtime uses it for: encoder, decoder_step, ...
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-
-    def to_json(self, file: str) -> dict:
-        return {
-            "file": file,
-            "role": self.role,
-            "inputs": [t.to_json() for t in self.inputs],
-            "outputs": [t.to_json() for t in self.outputs],
-        }
-
-
-@dataclass
-class ExportedGraph:
-    spec: GraphSpec
-    model: ir.Model
 
 
 @dataclass
@@ -87,6 +50,11 @@ class FamilyExporter:
         """The stages the runtime runs, which graphs each uses, and how often."""
         raise NotImplementedError
 
+    def decode(self, config, split: bool) -> dict:
+        """The manifest's `decode` record: the decode shape (edgeseq.graph_spec.DECODE_SHAPES),
+        the graph run once per request and the graphs of one step."""
+        raise NotImplementedError
+
 
 def example_input(t: TensorSpec, config, generator: torch.Generator) -> torch.Tensor:
     shape = [EXAMPLE_DIM_SIZES[split_dim(d)[0]] + split_dim(d)[1] if isinstance(d, str) else d for d in t.dims]
@@ -96,6 +64,8 @@ def example_input(t: TensorSpec, config, generator: torch.Generator) -> torch.Te
         return torch.randint(0, min(16, config.max_positions), shape, generator=generator)
     if t.example == "mask":
         return torch.ones(shape, dtype=torch.long)
+    if t.example == "lengths":  # valid slots of a cache of EXAMPLE_DIM_SIZES["cache"]
+        return torch.randint(0, EXAMPLE_DIM_SIZES["cache"], shape, generator=generator)
     return torch.randn(shape, generator=generator)
 
 

@@ -3,23 +3,27 @@ plus the pruning plan: which heads, neurons and hidden dims the masks removed, b
 
 The graphs have the same contract as RED's (exporters/red.py): the encoder returns each
 decoder layer's cross-attention keys/values (`source_key.{l}`), the decoder step takes
-them with a self-attention cache that is zero-length on the first step, and returns the
-grown cache. No If node: the first step is the same graph with an empty past.
+them with preallocated self-attention caches of which each row's first `cache_length`
+slots are valid, reads them in place and returns only the new token's keys/values.
+No If node: the first step is the same graph with nothing valid in the cache.
 
 The plan is data the strip pass (passes/strip_pruned.py) executes; it names initializers,
 so the same plan applies to both graphs (cross keys/values are projected in the
 encoder graph, queries and outputs in the decoder step).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from edgeseq.models.nash import NashCheckpoint, kept_units
 from edgeseq.models.nash_masks import kept
+from edgeseq.models.nash_modules import Attention, FeedForward, NashGraphs, Norm, Proj
 
-from .base import FamilyExporter, GraphSpec, TensorSpec
-from .nash_modules import Attention, FeedForward, NashGraphs, Norm, Proj
+from edgeseq.graph_spec import GraphSpec, TensorSpec
+
+from .base import FamilyExporter
+from .red import kv_pair
 
 PREFIX = "nash"  # attribute holding NashGraphs in both graph modules; initializer names start with it
 
@@ -46,37 +50,35 @@ class NashExportModel:
     plan: dict[str, Any] = field(default_factory=dict)
 
 
-def _kv(prefix: str, i: int, length: str, c: NashExportConfig) -> tuple[TensorSpec, TensorSpec]:
-    dims = ("batch", c.decoder_heads, length, c.head_dim)
-    return TensorSpec(f"{prefix}_key.{i}", "float32", dims), TensorSpec(f"{prefix}_value.{i}", "float32", dims)
-
-
 # 0 / -inf per source token, from the encoder: the decoder steps' cross-attention adds it
-SOURCE_BIAS = TensorSpec("source_bias", "float32", ("batch", 1, 1, "source"))
+NEG_INF = float(torch.finfo(torch.float32).min)
+SOURCE_BIAS = TensorSpec("source_bias", "float32", ("batch", 1, 1, "source"), role="encoder_output")
 
 
 def encoder_spec(c: NashExportConfig) -> GraphSpec:
+    kv = lambda i: kv_pair("source", i, c.decoder_heads, "source", c.head_dim, role="encoder_output")  # noqa: E731
     return GraphSpec(
         name="encoder", role="encoder",
-        inputs=(TensorSpec("source_ids", "int64", ("batch", "source"), "token_ids"),
-                TensorSpec("source_mask", "int64", ("batch", "source"), "mask")),
-        outputs=(*(t for i in range(c.decoder_layers) for t in _kv("source", i, "source", c)), SOURCE_BIAS),
+        inputs=(TensorSpec("source_ids", "int64", ("batch", "source"), "token_ids", role="token_ids"),
+                TensorSpec("source_mask", "int64", ("batch", "source"), "mask", role="mask")),
+        outputs=(*(t for i in range(c.decoder_layers) for t in kv(i)), SOURCE_BIAS),
     )
 
 
 def decoder_step_spec(c: NashExportConfig) -> GraphSpec:
-    n = c.decoder_layers
+    n, h, dh = c.decoder_layers, c.decoder_heads, c.head_dim
     return GraphSpec(
         name="decoder_step", role="decoder_step",
         inputs=(
-            TensorSpec("input_ids", "int64", ("batch", "new"), "token_ids"),
-            TensorSpec("positions", "int64", ("batch", "new"), "positions"),
-            SOURCE_BIAS,
-            *(t for i in range(n) for t in _kv("source", i, "source", c)),
-            *(t for i in range(n) for t in _kv("past", i, "past", c)),
+            TensorSpec("input_ids", "int64", ("batch", "new"), "token_ids", role="token_ids"),
+            TensorSpec("positions", "int64", ("batch", "new"), "positions", role="positions"),
+            replace(SOURCE_BIAS, source="source_bias", pad=NEG_INF),
+            TensorSpec("cache_length", "int64", ("batch",), "lengths", role="cache_length"),
+            *(t for i in range(n) for t in kv_pair("source", i, h, "source", dh, role="encoder_output", source="source")),
+            *(t for i in range(n) for t in kv_pair("past", i, h, "cache", dh, role="cache", source="new")),
         ),
-        outputs=(TensorSpec("logits", "float32", ("batch", "new", c.vocab_size)),
-                 *(t for i in range(n) for t in _kv("present", i, "total", c))),
+        outputs=(TensorSpec("logits", "float32", ("batch", "new", c.vocab_size), role="logits"),
+                 *(t for i in range(n) for t in kv_pair("new", i, h, "new", dh, role="new_cache"))),
     )
 
 
@@ -96,12 +98,13 @@ class NashDecoderStepGraph(torch.nn.Module):
         self.nash = graphs
         self.length_layer = length_layer
 
-    def forward(self, input_ids, positions, source_bias, *caches):
+    def forward(self, input_ids, positions, source_bias, cache_length, *caches):
         n = self.nash.n_decoder
         cross = [(caches[2 * i], caches[2 * i + 1]) for i in range(n)]
-        past = [(caches[2 * n + 2 * i], caches[2 * n + 2 * i + 1]) for i in range(n)]
-        logits, present = self.nash.decode(input_ids, positions, source_bias, cross, past, self.length_layer)
-        return (logits, *(t for kv in present for t in kv))
+        cache = [(caches[2 * n + 2 * i], caches[2 * n + 2 * i + 1]) for i in range(n)]
+        logits, new_kv = self.nash.decode_step(input_ids, positions, source_bias, cross, cache_length, cache,
+                                               self.length_layer)
+        return (logits, *(t for kv in new_kv for t in kv))
 
 
 # ----- the pruning plan -------------------------------------------------------------------
@@ -173,7 +176,7 @@ def pruning_plan(graphs: NashGraphs, ckpt: NashCheckpoint) -> dict[str, Any]:
         attention.append(_attention_unit(
             self_attn.fn, names, f"decoder.{i}.self_attention", d.decoder_heads,
             kept_units(m, "dec_self_head_z", "dec_self_head_layer_z", i, d.decoder_heads),
-            [f"past_key.{i}", f"past_value.{i}", f"present_key.{i}", f"present_value.{i}"]))
+            [f"past_key.{i}", f"past_value.{i}", f"new_key.{i}", f"new_value.{i}"]))
         attention.append(_attention_unit(
             cross.fn, names, f"decoder.{i}.cross_attention", d.decoder_heads,
             kept_units(m, "dec_cross_head_z", "dec_cross_head_layer_z", i, d.decoder_heads),
@@ -249,6 +252,9 @@ class NashExporter(FamilyExporter):
 
     def sequential_depth_per_token(self, config, split: bool) -> int:
         return config.decoder_layers
+
+    def decode(self, config, split: bool) -> dict:
+        return {"shape": "encoder_decoder", "once": "encoder", "step": ["decoder_step"]}
 
     def schedule(self, config, split: bool) -> list[dict]:
         return [

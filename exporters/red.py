@@ -1,47 +1,65 @@
 """RED -> ONNX: an encoder graph and a decoder-step graph.
 
 The encoder emits, per decoder layer, the source keys and values that layer attends to.
-The decoder step takes them as a read-only prefix beside its own target cache (which
-may be zero-length on the first step) and returns the grown cache. With
+The decoder step takes one new token per row, those source keys/values as a read-only
+prefix, and a preallocated target cache of which each row's first `cache_length` slots
+are valid; it reads the cache in place and returns only the new token's keys/values,
+which the runtime writes at the row's next slot (edgeseq/graph_spec.py: the wiring). With
 share_parameters the two graphs name the same weights, which the artifact stores once.
 """
 
 import torch
 
-from .base import FamilyExporter, GraphSpec, TensorSpec
+from edgeseq.graph_spec import GraphSpec, TensorSpec
+
+from .base import FamilyExporter
 
 
-def _kv(prefix: str, i: int, length_dim: str, c) -> tuple[TensorSpec, TensorSpec]:
-    dims = ("batch", c.n_heads, length_dim, c.d_model // c.n_heads)
-    return (TensorSpec(f"{prefix}_key.{i}", "float32", dims), TensorSpec(f"{prefix}_value.{i}", "float32", dims))
+def kv_pair(prefix: str, layer: str, heads: int, length, head_dim: int, **wiring) -> tuple[TensorSpec, TensorSpec]:
+    """The key and value tensors `{prefix}_key.{layer}` / `{prefix}_value.{layer}`, [batch, H, length, Dh].
+
+    Wiring fields naming another tensor (`source`, `init`) are given as its prefix and get
+    the same key/value suffix (`source="new"` -> `new_key.0` feeds `past_key.0`)."""
+    dims = ("batch", heads, length, head_dim)
+
+    def one(kind: str) -> TensorSpec:
+        named = {k: f"{v}_{kind}.{layer}" if k in ("source", "init") and v else v for k, v in wiring.items()}
+        return TensorSpec(f"{prefix}_{kind}.{layer}", "float32", dims, **named)
+
+    return one("key"), one("value")
 
 
 def encoder_spec(c) -> GraphSpec:
+    h, dh = c.n_heads, c.d_model // c.n_heads
     return GraphSpec(
         name="encoder",
         role="encoder",
         inputs=(
-            TensorSpec("source_ids", "int64", ("batch", "source"), "token_ids"),
-            TensorSpec("source_mask", "int64", ("batch", "source"), "mask"),
+            TensorSpec("source_ids", "int64", ("batch", "source"), "token_ids", role="token_ids"),
+            TensorSpec("source_mask", "int64", ("batch", "source"), "mask", role="mask"),
         ),
-        outputs=tuple(t for i in range(c.n_layers) for t in _kv("source", i, "source", c)),
+        outputs=tuple(t for i in range(c.n_layers) for t in kv_pair("source", i, h, "source", dh, role="encoder_output")),
     )
 
 
 def decoder_step_spec(c) -> GraphSpec:
+    """One new token per row against preallocated target caches (only read; the step
+    returns the new keys/values and the runtime writes them at each row's slot)."""
+    h, dh = c.n_heads, c.d_model // c.n_heads
     return GraphSpec(
         name="decoder_step",
         role="decoder_step",
         inputs=(
-            TensorSpec("input_ids", "int64", ("batch", "new"), "token_ids"),
-            TensorSpec("positions", "int64", ("batch", "new"), "positions"),
-            TensorSpec("source_mask", "int64", ("batch", "source"), "mask"),
-            *(t for i in range(c.n_layers) for t in _kv("source", i, "source", c)),
-            *(t for i in range(c.n_layers) for t in _kv("past", i, "past", c)),
+            TensorSpec("input_ids", "int64", ("batch", 1), "token_ids", role="token_ids"),
+            TensorSpec("positions", "int64", ("batch", 1), "positions", role="positions"),
+            TensorSpec("source_mask", "int64", ("batch", "source"), "mask", role="encoder_output", source="source_mask"),
+            TensorSpec("cache_length", "int64", ("batch",), "lengths", role="cache_length"),
+            *(t for i in range(c.n_layers) for t in kv_pair("source", i, h, "source", dh, role="encoder_output", source="source")),
+            *(t for i in range(c.n_layers) for t in kv_pair("past", i, h, "cache", dh, role="cache", source="new")),
         ),
         outputs=(
-            TensorSpec("logits", "float32", ("batch", "new", c.vocab_size)),
-            *(t for i in range(c.n_layers) for t in _kv("present", i, "total", c)),
+            TensorSpec("logits", "float32", ("batch", 1, c.vocab_size), role="logits"),
+            *(t for i in range(c.n_layers) for t in kv_pair("new", i, h, 1, dh, role="new_cache")),
         ),
     )
 
@@ -61,12 +79,12 @@ class RedDecoderStepGraph(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, positions, source_mask, *caches):
+    def forward(self, input_ids, positions, source_mask, cache_length, *caches):
         n = self.model.config.n_layers
         source_kv = [(caches[2 * i], caches[2 * i + 1]) for i in range(n)]
-        past_kv = [(caches[2 * n + 2 * i], caches[2 * n + 2 * i + 1]) for i in range(n)]
-        logits, present = self.model.decode(input_ids, positions, source_kv, source_mask, past_kv)
-        return (logits, *(t for kv in present for t in kv))
+        cache = [(caches[2 * n + 2 * i], caches[2 * n + 2 * i + 1]) for i in range(n)]
+        logits, new_kv = self.model.decode_step(input_ids, positions, source_kv, source_mask, cache_length, cache)
+        return (logits, *(t for kv in new_kv for t in kv))
 
 
 class RedExporter(FamilyExporter):
@@ -81,6 +99,9 @@ class RedExporter(FamilyExporter):
 
     def sequential_depth_per_token(self, config, split: bool) -> int:
         return config.n_layers
+
+    def decode(self, config, split: bool) -> dict:
+        return {"shape": "encoder_decoder", "once": "encoder", "step": ["decoder_step"]}
 
     def schedule(self, config, split: bool) -> list[dict]:
         return [

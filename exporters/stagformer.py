@@ -8,60 +8,64 @@ into one subgraph per stack. Each stack's inputs are its own caches and, for k >
 
 import torch
 
-from .base import FamilyExporter, GraphSpec, TensorSpec
+from edgeseq.graph_spec import GraphSpec, TensorSpec
+
+from .base import FamilyExporter
+from .red import kv_pair
 
 
-def _kv(prefix: str, k: int, layer: int, length, c) -> tuple[TensorSpec, TensorSpec]:
-    dims = ("batch", c.n_heads, length, c.d_model // c.n_heads)
-    return (
-        TensorSpec(f"{prefix}_key.{k}.{layer}", "float32", dims),
-        TensorSpec(f"{prefix}_value.{k}.{layer}", "float32", dims),
+def _caches(prefix: str, cross_prefix: str, length, cross_length, c, **wiring) -> tuple[TensorSpec, ...]:
+    """Per stack: its self caches, then (k > 0) its cross caches over stack k-1's outputs.
+
+    `wiring` maps a field to (self value, cross value); the StagFormer names: past_key.k.l,
+    cross_key.k.l (inputs), new_key.k.l, cross_new_key.k.l (step), present_key.k.l,
+    cross_present_key.k.l (prefill)."""
+    h, dh = c.n_heads, c.d_model // c.n_heads
+    out = []
+    for k in range(c.n_stacks):
+        own = {key: v[0] for key, v in wiring.items()}
+        out += [t for i in range(c.layers_per_stack) for t in kv_pair(prefix, f"{k}.{i}", h, length, dh, **own)]
+        if k > 0:
+            cross = {key: v[1] for key, v in wiring.items()}
+            out += [t for i in range(c.layers_per_stack) for t in kv_pair(cross_prefix, f"{k}.{i}", h, cross_length, dh, **cross)]
+    return tuple(_owned(t) for t in out)
+
+
+def _owned(t: TensorSpec) -> TensorSpec:
+    """Tag a stack's own tensor (`name.k.l`: its caches and their new entries) with its stack,
+    for the stage split."""
+    from dataclasses import replace
+
+    return replace(t, stack=int(t.name.split(".")[1])) if t.role in ("cache", "new_cache") else t
+
+
+def _handoffs(prefix: str, c, stacks, role: str = "handoff") -> tuple[TensorSpec, ...]:
+    """Stack k-1's output from the previous step feeds stack k's `memory.k` (a step input)."""
+    return tuple(
+        TensorSpec(f"{prefix}.{k}", "float32", ("batch", 1, c.d_model), role=role,
+                   source=f"handoff.{k - 1}" if prefix == "memory" else None, stack=k)
+        for k in stacks
     )
 
 
-def _caches(prefix: str, cross_prefix: str, self_len, cross_len, c) -> tuple[TensorSpec, ...]:
-    """Per stack: its self caches, then (k > 0) its cross caches."""
-    out = []
-    for k in range(c.n_stacks):
-        out += [t for i in range(c.layers_per_stack) for t in _kv(prefix, k, i, self_len, c)]
-        if k > 0:
-            out += [t for i in range(c.layers_per_stack) for t in _kv(cross_prefix, k, i, cross_len, c)]
-    return tuple(out)
-
-
-def _handoffs(prefix: str, c, stacks) -> tuple[TensorSpec, ...]:
-    return tuple(TensorSpec(f"{prefix}.{k}", "float32", ("batch", 1, c.d_model)) for k in stacks)
-
-
-def stack_state_inputs(spec: GraphSpec) -> dict[str, int]:
-    """Step inputs that are one stack's state: `past_*.k.l`, `cross_*.k.l` and `memory.k` -> k."""
-    owner = {}
-    for t in spec.inputs:
-        parts = t.name.split(".")
-        if t.name.startswith(("past_", "cross_")) and len(parts) == 3:
-            owner[t.name] = int(parts[1])
-        elif parts[0] == "memory":
-            owner[t.name] = int(parts[1])
-    return owner
-
-
 def step_spec(c) -> GraphSpec:
-    # with p > 1 the cross cache ("history") lags the self cache by one slot; torch.export
-    # needs that relation spelled out, so the other lengths derive from it
-    past, total, history = ("history+1", "history+2", "history") if c.n_stacks > 1 else ("past", "past+1", None)
+    """One new token per row, every stack, against preallocated caches that are only read:
+    the step returns the new keys/values (self: at slot cache_length; cross: stack k-1's
+    previous output, at slot cache_length-1) and each stack's output for the next step."""
     return GraphSpec(
         name="step",
         role="step",
         inputs=(
-            TensorSpec("input_ids", "int64", ("batch", 1), "token_ids"),
-            TensorSpec("positions", "int64", ("batch", 1), "positions"),
-            TensorSpec("attention_mask", "int64", ("batch", total), "mask"),
-            *_caches("past", "cross", past, history, c),
+            TensorSpec("input_ids", "int64", ("batch", 1), "token_ids", role="token_ids"),
+            TensorSpec("positions", "int64", ("batch", 1), "positions", role="positions"),
+            TensorSpec("cache_length", "int64", ("batch",), "lengths", role="cache_length"),
+            *_caches("past", "cross", "cache", "cache", c, role=("cache", "cache"), source=("new", "cross_new"),
+                     init=("present", "cross_present"), lag=(0, 1)),
             *_handoffs("memory", c, range(1, c.n_stacks)),
         ),
         outputs=(
-            TensorSpec("logits", "float32", ("batch", 1, c.vocab_size)),
-            *_caches("present", "cross_present", total, "history+1", c),
+            TensorSpec("logits", "float32", ("batch", 1, c.vocab_size), role="logits"),
+            *_caches("new", "cross_new", 1, 1, c, role=("new_cache", "new_cache")),
             *_handoffs("handoff", c, range(c.n_stacks)),
         ),
     )
@@ -72,13 +76,13 @@ def prefill_spec(c) -> GraphSpec:
         name="prefill",
         role="prefill",
         inputs=(
-            TensorSpec("input_ids", "int64", ("batch", "prompt"), "token_ids"),
-            TensorSpec("positions", "int64", ("batch", "prompt"), "positions"),
-            TensorSpec("attention_mask", "int64", ("batch", "prompt"), "mask"),
+            TensorSpec("input_ids", "int64", ("batch", "prompt"), "token_ids", role="token_ids"),
+            TensorSpec("positions", "int64", ("batch", "prompt"), "positions", role="positions"),
+            TensorSpec("attention_mask", "int64", ("batch", "prompt"), "mask", role="mask"),
         ),
         outputs=(
-            TensorSpec("logits", "float32", ("batch", "prompt", c.vocab_size)),
-            *_caches("present", "cross_present", "prompt", "prompt-1", c),
+            TensorSpec("logits", "float32", ("batch", "prompt", c.vocab_size), role="logits"),
+            *_caches("present", "cross_present", "prompt", "prompt-1", c, role=("cache", "cache")),
             *_handoffs("handoff", c, range(c.n_stacks)),
         ),
     )
@@ -108,7 +112,7 @@ class StagFormerStepGraph(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, positions, attention_mask, *flat):
+    def forward(self, input_ids, positions, cache_length, *flat):
         c = self.model.config
         n = c.layers_per_stack
         flat = list(flat)
@@ -124,10 +128,12 @@ class StagFormerStepGraph(torch.nn.Module):
             if k > 0:
                 cross_caches.append(take_kv())
         memories = flat  # memory.1 .. memory.{p-1}
-        logits, caches, cross_caches, handoffs = self.model.step(
-            input_ids, positions, attention_mask, caches, cross_caches, memories
+        logits, new_caches, new_cross, outs = self.model.step_cached(
+            input_ids, positions, cache_length, caches, cross_caches, memories
         )
-        return (logits, *_flatten(caches, cross_caches), *handoffs)
+        ordered = range(c.n_stacks)
+        return (logits, *_flatten([new_caches[k] for k in ordered], [new_cross[k] for k in ordered]),
+                *(outs[k] for k in ordered))
 
 
 class StagFormerExporter(FamilyExporter):
@@ -143,6 +149,10 @@ class StagFormerExporter(FamilyExporter):
     def sequential_depth_per_token(self, config, split: bool) -> int:
         # split: the stacks of one step run side by side; one graph runs them in turn
         return config.layers_per_stack if split else config.n_layers
+
+    def decode(self, config, split: bool) -> dict:
+        step = [f"stage.{k}" for k in range(config.n_stacks)] if split else ["step"]
+        return {"shape": "decoder_only", "once": "prefill", "step": step}
 
     def schedule(self, config, split: bool) -> list[dict]:
         decode = (

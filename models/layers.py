@@ -70,6 +70,50 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Ten
     return torch.matmul(scores.softmax(dim=-1), v)
 
 
+def slots_before(length: torch.Tensor, capacity: int | torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Bool [B, 1, 1, C]: which slots of a preallocated cache row hold a value.
+
+    length: [B] int64, the slots written so far in each row (+ offset); slots are filled
+    from 0 without gaps, so a row's valid slots are exactly 0 .. length-1.
+    """
+    slots = torch.arange(capacity, device=length.device)[None, :]  # [1, C]
+    return (slots < (length[:, None] + offset))[:, None, None, :]
+
+
+def attend_cached(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    scale: float | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One new token per row attending, in ONE softmax, over read-only cache parts and itself.
+
+    q, k_new, v_new: [B, H, 1, Dh]; parts: (keys [B, H, C_i, Dh], values, allowed bool
+    broadcastable to [B, H, 1, C_i] or None), e.g. a source prefix and a preallocated
+    target cache. The parts are read in place and never concatenated (no copy of a cache
+    per step); only the [B, H, 1, sum C_i + 1] scores are, the new token's last. `bias`
+    is added to those scores before the softmax (T5's relative positions).
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = []
+    for k, _, allowed in parts:
+        s = torch.matmul(q, k.transpose(-1, -2))  # [B, H, 1, C_i]
+        s = s * scale if scale != 1.0 else s
+        scores.append(s.masked_fill(~allowed, NEG_INF) if allowed is not None else s)
+    own = (q * k_new).sum(dim=-1, keepdim=True)  # [B, H, 1, 1]
+    scores.append(own * scale if scale != 1.0 else own)
+    scores = torch.cat(scores, dim=-1)
+    probs = (scores + bias if bias is not None else scores).softmax(dim=-1)
+    ctx = probs.narrow(-1, probs.shape[-1] - 1, 1) * v_new
+    start = 0
+    for k, v, _ in parts:
+        ctx = ctx + torch.matmul(probs.narrow(-1, start, k.shape[2]), v)
+        start += k.shape[2]
+    return ctx
+
+
 def causal_allowed(n_new: int, n_past: int | torch.Tensor, device=None) -> torch.Tensor:
     """Bool [n_new, n_past + n_new]: new token i (at absolute index n_past + i) sees j <= that."""
     rows = torch.arange(n_new, device=device).unsqueeze(1) + n_past

@@ -16,7 +16,16 @@ from torch import nn
 
 from edgeseq.errors import ConfigError
 
-from .layers import MLP, AttentionProjections, Linear, attend, causal_allowed, normal_embedding
+from .layers import (
+    MLP,
+    AttentionProjections,
+    Linear,
+    attend,
+    attend_cached,
+    causal_allowed,
+    normal_embedding,
+    slots_before,
+)
 
 
 @dataclass
@@ -195,6 +204,44 @@ class RedModel(nn.Module):
                 x = x + layer.cross.output(attend(layer.cross.query(hc), sk, sv, source_ok))
             x = x + layer.mlp(layer.mlp_norm(x))
         return self.lm_head(self.final_norm(x)), presents
+
+    def decode_step(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        source_kv: list[KV],
+        source_mask: torch.Tensor,
+        cache_length: torch.Tensor,
+        cache: list[KV],
+    ) -> tuple[torch.Tensor, list[KV]]:
+        """One new target token per row against preallocated caches (the deployed step).
+
+        input_ids/positions: [B, 1]; cache[l]: [B, H, C, Dh] of which each row's first
+        cache_length[b] slots are valid. The caches are only read: the step returns the
+        new token's keys/values [B, H, 1, Dh] per layer and the runtime writes them at slot
+        cache_length[b], so rows of different ages share a step and no cache is copied.
+        Computes what `decode` computes for the same token.
+        """
+        c = self.config
+        x = self.embed(input_ids) + self.pos(positions)  # x: [B, 1, D]
+        source_ok = source_mask.bool()[:, None, None, :]  # [B, 1, 1, S]
+        target_ok = slots_before(cache_length, cache[0][0].shape[2])  # [B, 1, 1, C]
+        new_kv = []
+        for i, layer in enumerate(self.layers):
+            h = layer.attn_norm(x)
+            k_new, v_new = layer.attn.keys_values(h)  # [B, H, 1, Dh]
+            new_kv.append((k_new, v_new))
+            q = layer.attn.query(h)
+            sk, sv = source_kv[i]
+            target = (cache[i][0], cache[i][1], target_ok)
+            if c.unidirectional_cross_attention:  # one softmax over [source ; target so far]
+                x = x + layer.attn.output(attend_cached(q, k_new, v_new, [(sk, sv, source_ok), target]))
+            else:
+                x = x + layer.attn.output(attend_cached(q, k_new, v_new, [target]))
+                hc = layer.cross_norm(x)
+                x = x + layer.cross.output(attend(layer.cross.query(hc), sk, sv, source_ok))
+            x = x + layer.mlp(layer.mlp_norm(x))
+        return self.lm_head(self.final_norm(x)), new_kv
 
     # ----- helpers shared by training, parity and the eager baseline ------------------------
     def target_positions(self, source_mask: torch.Tensor, start: int, length: int) -> torch.Tensor:

@@ -9,7 +9,8 @@ Decoding at cache index s: stack k needs stack k-1's output at s-1, produced in 
 previous step, so the stacks of one step are independent and can run concurrently. The
 caches make that explicit: each stack keeps its own self-attention cache and (k > 1) a
 cross-attention cache over stack k-1's outputs that lags one slot behind; every step
-appends the previous step's handoff `memory` to it.
+appends the previous step's handoff `memory` to it. The deployed step (`step_cached`)
+reads preallocated caches in place and returns only the new entries.
 
 Batches are left-padded: `attention_mask` [B, T] marks real cache slots, `positions`
 carry each row's own token positions.
@@ -22,7 +23,15 @@ from torch import nn
 
 from edgeseq.errors import ConfigError
 
-from .layers import MLP, AttentionProjections, Linear, attend, normal_embedding
+from .layers import (
+    MLP,
+    AttentionProjections,
+    Linear,
+    attend,
+    attend_cached,
+    normal_embedding,
+    slots_before,
+)
 
 
 @dataclass
@@ -121,6 +130,7 @@ class Stack(nn.Module):
         cross_allowed: torch.Tensor | None = None,
         cross_past: list | None = None,
         memory: torch.Tensor | None = None,
+        cached: bool = False,
     ):
         """This stack over Tn new tokens. Everything it computes runs inside this module call,
         so every exported node carries this stack's name scope (`stacks.k`).
@@ -130,7 +140,11 @@ class Stack(nn.Module):
         k-1's outputs, memory: [B, Mn, D] new outputs of stack k-1 to append,
         cross_allowed: [B, 1, Tn, 1 + M + Mn] (slot 0 = null).
         Returns the stack's output [B, Tn, D], its caches, its cross caches, logits (last stack).
+        With `cached`, see `_step_cached` (the deployed step): still inside this module call,
+        so its nodes carry this stack's name scope too.
         """
+        if cached:
+            return self._step_cached(x, self_allowed, past, cross_allowed, cross_past, memory)
         presents, cross_presents = [], []
         for i, block in enumerate(self.blocks):
             h = block.attn_norm(x)
@@ -155,6 +169,35 @@ class Stack(nn.Module):
             x = x + block.mlp(block.mlp_norm(x))
         logits = self.lm_head(self.final_norm(x)) if self.is_last else None
         return x, presents, cross_presents, logits
+
+
+    def _step_cached(self, x, self_ok, cache, cross_ok, cross_cache, memory):
+        """One new token per row against preallocated caches that are only read.
+
+        x: [B, 1, D]; cache[l]: [B, H, C, Dh] valid where self_ok [B, 1, 1, C]; for k > 0,
+        cross_cache[l]: [B, H, C, Dh] over stack k-1's outputs valid where cross_ok, and
+        memory [B, 1, D]: stack k-1's output at the previous slot, appended this step.
+        Returns the output [B, 1, D], the new keys/values per layer (self, then cross) for
+        the runtime to write into the caches, and the logits (last stack).
+        """
+        new_kv, new_cross = [], []
+        for i, block in enumerate(self.blocks):
+            h = block.attn_norm(x)
+            k_new, v_new = block.attn.keys_values(h)
+            new_kv.append((k_new, v_new))
+            x = x + block.attn.output(attend_cached(block.attn.query(h), k_new, v_new, [(*cache[i], self_ok)]))
+            if self.index > 0:
+                cross = self.cross[i]
+                mk, mv = cross.memory_kv(memory)
+                new_cross.append((mk, mv))
+                nk, nv = cross.memory_kv(self.null_memory.view(1, 1, -1))  # [1, H, 1, Dh]: broadcasts
+                always = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=x.device)
+                q = cross.proj.query(cross.norm(x))
+                ctx = attend_cached(q, mk, mv, [(nk, nv, always), (*cross_cache[i], cross_ok)])
+                x = x + cross.proj.output(ctx)
+            x = x + block.mlp(block.mlp_norm(x))
+        logits = self.lm_head(self.final_norm(x)) if self.is_last else None
+        return x, new_kv, new_cross, logits
 
 
 KV = tuple[torch.Tensor, torch.Tensor]
@@ -219,23 +262,34 @@ class StagFormerModel(nn.Module):
             logits = logits_k
         return logits, caches, cross_caches, handoffs
 
-    def step(self, input_ids, positions, attention_mask, caches, cross_caches, memories):
-        """One staggered decode step over a single new token per row, every stack.
+    def step_cached(self, input_ids, positions, cache_length, caches, cross_caches, memories, stacks=None):
+        """The deployed step: one new token per row against preallocated caches.
 
-        memories[k-1]: [B, 1, D] stack k-1's output from the previous step (for k > 0).
-        Stacks read nothing another stack computes in this step.
+        cache_length: [B] valid self-cache slots per row (the new token goes to that slot);
+        caches[k][l]: [B, H, C, Dh]; cross_caches[k][l] (k > 0): [B, H, C', Dh] holding stack
+        k-1's outputs at slots 0 .. cache_length-2; memories[k-1]: [B, 1, D] stack k-1's
+        output at slot cache_length-1. `stacks` limits the step to some stacks (recurrent
+        decoding runs the last one alone). Returns the logits, per stack the new self and
+        cross keys/values, and each stack's output (the next step's memory).
         """
+        c = self.config
         x0 = self.embed(input_ids) + self.pos(positions)
-        self_allowed, cross_allowed = self.masks(attention_mask, input_ids.shape[1])
-        outs, new_caches, new_cross, logits = [], [], [], None
-        for k in range(self.config.n_stacks):
-            out, presents, cross_presents, logits_k = self.stacks[k](
-                x0, self_allowed, caches[k],
-                cross_allowed, cross_caches[k] if k > 0 else None, memories[k - 1] if k > 0 else None,
+        outs, new_caches, new_cross, logits = {}, {}, {}, None
+        for k in stacks if stacks is not None else range(c.n_stacks):
+            self_ok = slots_before(cache_length, caches[k][0][0].shape[2])
+            cross_ok = None
+            if k > 0:
+                # stack k-1's outputs strictly before the new token's slot, within the window
+                capacity = cross_caches[k][0][0].shape[2]
+                cross_ok = slots_before(cache_length, capacity, offset=-1)
+                if c.cross_window:
+                    slots = torch.arange(capacity, device=x0.device)[None, :]
+                    cross_ok = cross_ok & (slots >= (cache_length[:, None] - c.cross_window))[:, None, None, :]
+            out, new_caches[k], new_cross[k], logits_k = self.stacks[k](
+                x0, self_ok, caches[k], cross_ok, cross_caches[k] if k > 0 else None,
+                memories[k - 1] if k > 0 else None, cached=True,
             )
-            outs.append(out)
-            new_caches.append(presents)
-            new_cross.append(cross_presents)
+            outs[k] = out
             if logits_k is not None:
                 logits = logits_k
         return logits, new_caches, new_cross, outs

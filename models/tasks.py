@@ -1,9 +1,12 @@
 """The L-step function-composition task (DESIGN §1, Chen, Peng and Wu).
 
 L lookup tables f_1..f_L over [n], each written as its n values, then a query x; the
-answer is f_L(...f_1(x)). With `chain_of_thought` the target spells out every
-intermediate value, one lookup per decoded token, which is what lets tiny models learn
-it in minutes on a CPU. Deterministic for a given seed: train and held-out splits use
+answer is f_L(...f_1(x)). With `chain_of_thought` the target spells out the whole
+chain x, f_1(x), f_2(f_1(x)), ...: every decoded token is then ONE lookup keyed by the
+token just read (the first only copies the query), which is what lets tiny models learn
+it in minutes on a CPU. Without the leading x, the first token needs two hops (find x at
+the end of the source, then index table 1 by it) and training stalls on a plateau where
+every later lookup is learned and that first one is not. Deterministic for a given seed: train and held-out splits use
 different seeds.
 
 Token ids: 0 pad, 1 bos, 2 eos, 3 table separator, 4 query marker, 5.. the values 0..n-1.
@@ -34,7 +37,7 @@ class CompositionTask:
     @property
     def target_length(self) -> int:
         """Answer tokens plus eos."""
-        return (self.n_functions if self.chain_of_thought else 1) + 1
+        return (self.n_functions + 1 if self.chain_of_thought else 1) + 1
 
     def sample(self, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """source [B, S] and target [B, T] int64 arrays, the target ending in eos."""
@@ -51,7 +54,7 @@ class CompositionTask:
             chain[:, k] = value
         source[:, -2] = QUERY
         source[:, -1] = FIRST_VALUE + x
-        answer = chain if self.chain_of_thought else chain[:, -1:]
+        answer = np.concatenate([x[:, None], chain], axis=1) if self.chain_of_thought else chain[:, -1:]
         target = np.concatenate([FIRST_VALUE + answer, np.full((batch, 1), EOS)], axis=1)
         return source, target.astype(np.int64)
 

@@ -9,6 +9,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common
 
 from edgeseq.errors import PassError
+from edgeseq.graph_spec import ExportedGraph, GraphSpec
 
 
 def passes_for(family: str) -> list[ir.passes.PassBase]:
@@ -32,9 +33,6 @@ def run_passes(model: ir.Model, family: str, graph_name: str) -> ir.Model:
 
 def split_stagformer_steps(graphs: list, n_stacks: int) -> list:
     """Replace each StagFormer `step` graph by its per-stack stage graphs (stage.0 .. stage.{p-1})."""
-    from edgeseq.exporters import ExportedGraph, GraphSpec
-    from edgeseq.exporters.stagformer import stack_state_inputs
-
     from .split_stages import SplitStagesPass
 
     out = []
@@ -42,7 +40,7 @@ def split_stagformer_steps(graphs: list, n_stacks: int) -> list:
         if g.spec.role != "step":
             out.append(g)
             continue
-        result = SplitStagesPass(n_stacks, stack_state_inputs(g.spec))(g.model)
+        result = SplitStagesPass(n_stacks, g.spec.state_owner(), g.spec.output_owner())(g.model)
         for k, stage in enumerate(result.stages):
             inputs = {v.name for v in stage.graph.inputs}
             outputs = {v.name for v in stage.graph.outputs}
@@ -60,8 +58,6 @@ def strip_pruned_units(graphs: list, plan: dict, fuse_kernels: bool = True) -> l
     """NASH: run StripPrunedUnitsPass on every graph with one plan (then, for ONNX Runtime,
     FuseAttentionPass and FuseResidualNormPass), and make each graph's spec match what
     is left (removed caches gone, per-layer head counts)."""
-    from edgeseq.exporters import ExportedGraph, GraphSpec
-
     from .fuse_attention import FuseAttentionPass
     from .fuse_residual_norm import FuseResidualNormPass
     from .strip_pruned import StripPrunedUnitsPass

@@ -8,7 +8,7 @@ one `com.microsoft.MultiHeadAttention` node, which also appends the new keys/val
 the cache (`past_key` -> `present_key`).
 
 It finds each attention from the plan's weight names (the query projection) and walks
-the exporter's structure (exporters/nash_modules.py): query -> Reshape -> Transpose ->
+the exporter's structure (models/nash_modules.py): query -> Reshape -> Transpose ->
 MatMul(., Transpose(K)) -> Add(bias) -> Softmax -> MatMul(., V) -> Transpose -> Reshape.
 K/V are a Concat(past, new) (decoder self-attention), the new keys alone (encoder), or
 graph inputs in [B, H, S, Dh] (cross-attention). A chain that does not match is left

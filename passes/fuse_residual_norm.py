@@ -7,7 +7,7 @@ extra kernels per t5-small decoder step. This pass writes
 `com.microsoft.SkipSimplifiedLayerNormalization(a, b, weight)` directly, whose fourth
 output is the sum itself, so the other readers of `x` take it from there.
 
-It matches the exporter's RMS norm (exporters/nash_modules.py `Norm`):
+It matches the exporter's RMS norm (models/nash_modules.py `Norm`):
     weight * (x / Sqrt(ReduceMean(Pow(x, 2), last axis) + eps)),  x = Add(a, b)
 with a and b both computed (not constants: a cut sublayer leaves `x + bias`, which the
 kernel's skip input would not broadcast). Anything else is left alone.

@@ -61,10 +61,13 @@ class SplitStagesPass(ir.passes.PassBase):
     in_place = True
     changes_input = False
 
-    def __init__(self, n_stacks: int, state_owner: dict[str, int]):
+    def __init__(self, n_stacks: int, state_owner: dict[str, int], output_owner: dict[str, int] | None = None):
         super().__init__()
         self.n_stacks = n_stacks
         self.state_owner = state_owner  # graph input -> the stack whose state it is
+        # graph output -> the stack it belongs to, where declared (shared-weight stacks compute
+        # identical first-layer keys; the exporter merges them and tags the node with one stack)
+        self.output_owner = output_owner or {}
 
     def call(self, model: ir.Model) -> SplitResult:
         nodes = list(model.graph)
@@ -83,7 +86,7 @@ class SplitStagesPass(ir.passes.PassBase):
         outputs_of: dict[int, list[ir.Value]] = {k: [] for k in found}
         for out in model.graph.outputs:
             producer = out.producer()
-            stack = tags.get(id(producer)) if producer is not None else None
+            stack = self.output_owner.get(out.name, tags.get(id(producer)) if producer is not None else None)
             if stack is None:
                 raise PassError(
                     f"graph output {out.name!r} is not computed inside any stack",

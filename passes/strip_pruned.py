@@ -144,19 +144,16 @@ class StripPrunedUnitsPass(ir.passes.InPlacePass):
     def _select_bias_heads(self, query: ir.Value, kept: list[int], unit: str) -> None:
         """T5: layer 0 computes the relative position bias for all heads and every layer
         adds it to its scores; this layer must add only the rows of its kept heads.
-        Follows the query from its projection to the scores' bias Add."""
-        value = _only_consumer(query, "MatMul", unit).outputs[0]
-        matmuls = 1
-        while True:
-            node = _only_consumer(value, None, unit)
-            if matmuls == 2:
-                if node.op_type != "Add":
-                    raise PassError(f"{unit}: expected the position-bias Add after the attention scores, "
-                                    f"found {node.op_type}", "re-export the graph with edgeseq")
-                break
-            matmuls += node.op_type == "MatMul"
-            value = node.outputs[0]
-        slot = 1 if node.inputs[0] is value else 0
+        Follows the query from its projection to its Softmax; the Add feeding it adds the bias
+        (the scores over a cache and the new token's own score are concatenated first)."""
+        softmax = _first_downstream(_only_consumer(query, "MatMul", unit).outputs[0], "Softmax")
+        node = softmax.inputs[0].producer() if softmax is not None else None
+        if node is None or node.op_type != "Add":
+            raise PassError(f"{unit}: expected the position-bias Add before the attention softmax, "
+                            f"found {node.op_type if node else 'none'}", "re-export the graph with edgeseq")
+        # the bias is the operand not computed from this layer's query
+        from_query = _downstream_ids(_only_consumer(query, "MatMul", unit).outputs[0])
+        slot = 1 if node.inputs[0].producer() is not None and id(node.inputs[0].producer()) in from_query else 0
         index = self._constant(np.array(kept), f"{unit}.kept_heads")
         gather = ir.node("Gather", [node.inputs[slot], index], attributes={"axis": 1}, name=f"{unit}.bias_heads")
         self.graph.insert_before(node, gather)
@@ -202,6 +199,32 @@ class StripPrunedUnitsPass(ir.passes.InPlacePass):
         residual_add = _only_consumer(out, "Add", unit)
         stream = next(v for v in residual_add.inputs if v is not out)
         ir.convenience.replace_all_uses_with(residual_add.outputs[0], stream)
+
+
+def _downstream_ids(start: ir.Value, limit: int = 64) -> set[int]:
+    """ids of the nodes reached from `start` (at most `limit`), breadth first."""
+    seen: set[int] = set()
+    work = [start]
+    while work and len(seen) < limit:
+        for node, _ in work.pop(0).uses():
+            if id(node) not in seen:
+                seen.add(id(node))
+                work.extend(node.outputs)
+    return seen
+
+
+def _first_downstream(start: ir.Value, op: str, limit: int = 64) -> ir.Node | None:
+    """The first node of type `op` reached from `start`, breadth first (None past `limit`)."""
+    seen: set[int] = set()
+    work = [start]
+    while work and len(seen) < limit:
+        for node, _ in work.pop(0).uses():
+            if node.op_type == op:
+                return node
+            if id(node) not in seen:
+                seen.add(id(node))
+                work.extend(node.outputs)
+    return None
 
 
 def _drop_io(graph: ir.Graph, names: list[str]) -> None:

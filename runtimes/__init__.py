@@ -1,41 +1,83 @@
 """Artifact loading and decoding; torch-free (an edge box installs numpy and onnxruntime only).
 
-    model = edgeseq.runtimes.load("artifacts/red-tiny")
-    model.generate([[5, 17, 3]], max_new_tokens=8).tokens
+    with edgeseq.runtimes.load("artifacts/red-tiny") as model:
+        model.generate([[5, 17, 3]], max_new_tokens=8).tokens
+        for token in model.stream([5, 17, 3], max_new_tokens=8): ...
+
+The layers, bottom up: a backend runs one graph (backend.py, ort_backend.py); the cache
+manager owns every row's state (kv_cache.py); the engine admits rows and steps them,
+following the manifest's wiring (engine.py); the scheduler batches every caller's rows
+continuously (scheduler.py); the loaded model checks requests and hands out results
+(model.py).
 """
 
+import os
 from pathlib import Path
 
 from edgeseq.errors import LoadError
 
 from .artifact import FORMAT_VERSION, Artifact, read_artifact
+from .backend import TARGETS, make_backend
 from .decoding import GenerateResult
-from .encoder_decoder import EncoderDecoderModel
-from .ort_backend import TARGETS, OrtBackend
+from .engine import Engine
+from .model import LoadedModel
 from .sampling import SamplingOptions
-from .staggered import SCHEDULES, StaggeredDecoderModel
+from .scheduler import Scheduler
 
-RUNTIME_FAMILIES = ("red", "nash", "stagformer")
+# how a decoder-only model's stages run; encoder-decoder models have one schedule
+SCHEDULES = ("concurrent", "sequential", "recurrent")
+DECODE_SHAPES = ("encoder_decoder", "decoder_only")
 
 
 def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, verify: bool = True,
-         schedule: str = "concurrent", low_memory: bool = False):
-    """Load a compiled artifact: verify it, create every session, return the family's model.
+         schedule: str = "concurrent", low_memory: bool = False, max_batch: int = 32,
+         max_queue: int = 256) -> LoadedModel:
+    """Load a compiled artifact: verify it, create every session, start its scheduler.
 
     `threads` is the total intra-op thread budget (default: all cores); `schedule`
-    (StagFormer) runs the stages of a step `concurrent`ly, `sequential`ly, or
-    `recurrent`ly (shared weights); `low_memory` turns off ONNX Runtime's weight
-    prepacking: about half the resident memory, slower at batch > 1.
+    (decoder-only models split into stages) runs the stages of a step `concurrent`ly,
+    `sequential`ly, or `recurrent`ly (shared weights: the last stack alone); `low_memory`
+    turns off ONNX Runtime's weight prepacking (about half the resident memory, slower at
+    batch > 1); `max_batch` rows share a step at most, `max_queue` requests may wait.
+    Use it as a context manager, or call `close()`, to stop its threads.
     """
     artifact = read_artifact(path, verify=verify)
-    if artifact.family in ("red", "nash"):
-        return EncoderDecoderModel(artifact, OrtBackend(artifact, target, threads, low_memory=low_memory, spin=True))
-    if artifact.family == "stagformer":
-        return StaggeredDecoderModel(artifact, target, threads, schedule, low_memory)
-    raise LoadError(
-        f"artifact family {artifact.family!r} has no runtime in this edgeseq",
-        f"this edgeseq runs: {', '.join(RUNTIME_FAMILIES)}; upgrade edgeseq",
-    )
+    decode = artifact.manifest["decode"]
+    if decode["shape"] not in DECODE_SHAPES:
+        raise LoadError(f"artifact decode shape {decode['shape']!r} has no engine in this edgeseq",
+                        f"this edgeseq runs: {', '.join(DECODE_SHAPES)}; upgrade edgeseq")
+    if schedule not in SCHEDULES:
+        raise LoadError(f"unknown schedule {schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
+    steps, handoffs = list(decode["step"]), {}
+    if schedule == "recurrent":
+        steps, handoffs = recurrent_step(artifact)
+    concurrent = schedule == "concurrent" and len(steps) > 1
+    total = threads or os.cpu_count() or 1
+    per_stage = max(1, total // len(steps)) if concurrent else total
+    # one session at a time may spin its threads between kernels; concurrent stages must not
+    # (an idle stage's spinning threads would steal the busy one's cores)
+    backend = make_backend(artifact, target, total, {g: per_stage for g in steps}, low_memory, spin=not concurrent)
+    engine = Engine(artifact, backend, max_batch, steps, concurrent, handoffs)
+    return LoadedModel(artifact, backend, engine, Scheduler(engine, max_batch, max_queue))
 
 
-__all__ = ["SCHEDULES", "FORMAT_VERSION", "TARGETS", "Artifact", "GenerateResult", "SamplingOptions", "load", "read_artifact"]
+def recurrent_step(artifact: Artifact) -> tuple[list[str], dict[str, str]]:
+    """Recurrent decoding (shared-weight StagFormer): each step runs the last stage alone, and
+    its own output, not the previous stack's, becomes its next memory."""
+    c, decode = artifact.config, artifact.manifest["decode"]
+    if not c.get("shared_weights") or c.get("n_stacks", 1) < 2:
+        raise LoadError("recurrent decoding needs a model with shared_weights=true and n_stacks >= 2",
+                        "use --schedule concurrent or sequential")
+    if len(decode["step"]) < 2:
+        raise LoadError("recurrent decoding needs a split artifact (one graph per stack)", "recompile without --no-split")
+    last = decode["step"][-1]
+    inputs = artifact.manifest["graphs"][last]["inputs"]
+    memory = [t for t in inputs if t["role"] == "handoff"]
+    outputs = {t["name"] for t in artifact.manifest["graphs"][last]["outputs"] if t["role"] == "handoff"}
+    if len(memory) != 1 or len(outputs) != 1:
+        raise LoadError("the last stage does not read and write exactly one handoff", "recompile the artifact")
+    return [last], {memory[0]["name"]: outputs.pop()}
+
+
+__all__ = ["SCHEDULES", "FORMAT_VERSION", "TARGETS", "Artifact", "GenerateResult", "LoadedModel", "SamplingOptions",
+           "load", "read_artifact"]

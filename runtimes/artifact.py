@@ -13,7 +13,7 @@ from typing import Any
 
 from edgeseq.errors import LoadError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: wiring (roles, sources) in every graph spec, the decode record, preallocated caches
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.bin"
 WEIGHT_ALIGNMENT = 64  # bytes; keeps every tensor aligned for SIMD loads straight from the mapping
@@ -70,7 +70,13 @@ def read_artifact(path: str | Path, verify: bool = True) -> Artifact:
             f"artifact format {version} is newer than this edgeseq reads (up to {FORMAT_VERSION})",
             "upgrade edgeseq on this machine, or compile with the edgeseq version installed here",
         )
-    for key in ("family", "model_config", "graphs", "files"):
+    if version < FORMAT_VERSION:
+        raise LoadError(
+            f"artifact format {version} is older than this edgeseq runs ({FORMAT_VERSION}: preallocated caches "
+            "and wiring in the manifest)",
+            "recompile the checkpoint with `edgeseq compile`",
+        )
+    for key in ("family", "model_config", "graphs", "files", "decode"):
         if key not in manifest:
             raise LoadError(f"{manifest_path} lacks {key!r}", "recompile the artifact with `edgeseq compile`")
     if verify:

@@ -1,16 +1,10 @@
-"""What every decode loop shares: checking a request, and collecting tokens per row.
-
-Families differ in how a step runs (encoder + decoder step, staggered stages); they
-share the request checks, the sampling, and the bookkeeping of which rows have stopped.
-"""
+"""What a request looks like on the way in (checked ids) and on the way out (tokens per row)."""
 
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgeseq.errors import GenerateError
-
-from .sampling import SamplingOptions, choose_next
 
 
 @dataclass
@@ -38,41 +32,3 @@ def normalize_input(input_ids, vocab_size: int) -> list[list[int]]:
                     f"use ids from 0 to {vocab_size - 1}",
                 )
     return rows
-
-
-class Decoding:
-    """One generate call's choices and bookkeeping: sampling, stop tokens, finished rows."""
-
-    def __init__(self, input_ids, config: dict, max_new_tokens: int, stop_tokens: list[int] | None,
-                 sampling: SamplingOptions | None, return_logits: bool):
-        self.sampling = sampling or SamplingOptions()
-        self.sampling.validate()
-        if max_new_tokens < 1:
-            raise GenerateError(f"max_new_tokens={max_new_tokens} must be >= 1", "ask for at least one new token")
-        self.rows = normalize_input(input_ids, config["vocab_size"])
-        self.max_new_tokens = max_new_tokens
-        self.stops = {config["eos_token_id"]} if stop_tokens is None else {int(t) for t in stop_tokens}
-        self.rng = np.random.default_rng(self.sampling.seed)
-        self.return_logits = return_logits
-        # plain Python per row: called between two decoder steps, when every numpy call
-        # runs with cold caches (~10-20 us each), so the bookkeeping avoids them
-        self.done = [False] * len(self.rows)
-        self.running = len(self.rows)
-        self.result = GenerateResult([[] for _ in self.rows])
-
-    def choose(self, logits: np.ndarray) -> np.ndarray:
-        """Pick the next ids from [B, V] logits and record them for rows still running."""
-        if self.return_logits:
-            self.result.logits.append(logits)
-        next_ids = choose_next(logits, self.sampling, self.rng)
-        for b, token in enumerate(next_ids.tolist()):
-            if not self.done[b]:
-                self.result.tokens[b].append(token)
-                if token in self.stops:
-                    self.done[b] = True
-                    self.running -= 1
-        return next_ids
-
-    @property
-    def finished(self) -> bool:
-        return self.running == 0

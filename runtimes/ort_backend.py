@@ -15,21 +15,16 @@ from edgeseq.errors import LoadError
 
 from .artifact import WEIGHTS_FILE, Artifact
 
-TARGETS = {
+PROVIDERS = {
     "ort-cpu": ["CPUExecutionProvider"],
     "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "ort-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
-PLANNED_TARGETS = ("tensorrt",)
 
 
-def check_target(target: str) -> list[str]:
-    """Execution providers for a target, or a clear error saying what is available here."""
-    if target in PLANNED_TARGETS:
-        raise LoadError(f"target {target!r} (native TensorRT engines) is not available yet", "use --target ort-cpu")
-    if target not in TARGETS:
-        raise LoadError(f"unknown target {target!r}", f"choose one of: {', '.join([*TARGETS, *PLANNED_TARGETS])}")
-    providers = TARGETS[target]
+def check_providers(target: str) -> list[str]:
+    """Execution providers for an ONNX Runtime target, or a clear error saying what is missing."""
+    providers = PROVIDERS[target]
     if providers[0] not in ort.get_available_providers():
         raise LoadError(
             f"target {target!r} needs {providers[0]}, which this onnxruntime build lacks",
@@ -53,12 +48,13 @@ def load_weights(artifact: Artifact) -> dict[str, ort.OrtValue]:
 
 
 class OrtBackend:
-    """Sessions for every graph of an artifact; `run` is safe to call from many threads."""
+    """Sessions for every graph of an artifact (runtimes/backend.py `Backend`); `run` is safe
+    to call from many threads."""
 
     def __init__(self, artifact: Artifact, target: str = "ort-cpu", threads: int | None = None,
                  threads_per_graph: dict[str, int] | None = None, low_memory: bool = False,
                  spin: bool = False):
-        self.providers = check_target(target)
+        self.providers = check_providers(target)
         self.artifact = artifact
         self.weights = load_weights(artifact)  # kept alive: the sessions use this memory in place
         self.sessions: dict[str, ort.InferenceSession] = {}
@@ -87,12 +83,20 @@ class OrtBackend:
                 raise LoadError(f"ONNX Runtime could not load graph {name!r}: {e}", "recompile the artifact") from e
         self.output_names = {n: [o.name for o in s.get_outputs()] for n, s in self.sessions.items()}
 
-    def run(self, graph: str, feeds: dict[str, Any]) -> list[ort.OrtValue]:
-        """Run one graph; feeds are OrtValues or numpy arrays; outputs stay OrtValues."""
+    def run(self, graph: str, feeds: dict[str, Any]) -> dict[str, ort.OrtValue]:
+        """Run one graph; feeds are OrtValues (or numpy arrays); outputs stay OrtValues, by name."""
         values = {k: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
-        return self.run_values(graph, values)
+        names = self.output_names[graph]
+        return dict(zip(names, self.sessions[graph].run_with_ort_values(names, values)))
 
-    def run_values(self, graph: str, values: dict[str, ort.OrtValue]) -> list[ort.OrtValue]:
-        """`run` for feeds that are all OrtValues already (a decode loop's hot path: after a
-        step has streamed every weight through the caches, each Python line runs cold)."""
-        return self.sessions[graph].run_with_ort_values(self.output_names[graph], values)
+    def tensor(self, array: np.ndarray) -> ort.OrtValue:
+        """An OrtValue over the array's own memory (CPU): feeding it copies nothing, and it
+        sees later in-place writes to the array. The caller keeps the array alive."""
+        return ort.OrtValue.ortvalue_from_numpy(array)
+
+    def numpy(self, value: ort.OrtValue) -> np.ndarray:
+        return value.numpy()
+
+    def close(self) -> None:
+        self.sessions.clear()
+        self.weights.clear()

@@ -50,10 +50,34 @@ class ArtifactCache:
         key = hashlib.sha1(json.dumps([family, seed, verify, split, sorted(overrides.items())]).encode()).hexdigest()[:10]
         ckpt, art = self.root / f"ckpt-{key}", self.root / f"art-{key}"
         if not art.exists():
-            model = red_model(seed, **overrides) if family == "red" else stagformer_model(seed, **overrides)
-            save_checkpoint(model, family, ckpt, force=True)
+            if family == "nash":  # a Hugging Face folder: variant=t5-v1|t5-v1.1|bart, sparsity=S
+                from edgeseq.models.nash_checkpoints import (
+                    nash_dims,
+                    random_masks,
+                    random_model,
+                    save_hf_checkpoint,
+                )
+
+                model = random_model(overrides["variant"], "tiny", seed=seed)
+                sparsity = overrides.get("sparsity", 0.0)
+                masks = random_masks(nash_dims(model.config), sparsity, seed=seed) if sparsity else None
+                save_hf_checkpoint(model, ckpt, masks, force=True)
+            else:
+                model = red_model(seed, **overrides) if family == "red" else stagformer_model(seed, **overrides)
+                save_checkpoint(model, family, ckpt, force=True)
             compile_checkpoint(ckpt, art, verify=verify, split=split)
         return ckpt, art
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_loaded_models():
+    """Every model a test loads and leaves open is closed when the session ends, so no
+    scheduler or stage thread outlives the tests."""
+    yield
+    from edgeseq.runtimes.model import OPEN_MODELS
+
+    for model in list(OPEN_MODELS):
+        model.close()
 
 
 @pytest.fixture(scope="session")

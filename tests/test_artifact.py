@@ -104,11 +104,13 @@ def test_existing_output_is_kept_unless_forced(artifacts, tmp_path):
 
 
 def test_failed_parity_leaves_no_output_folder(artifacts, tmp_path, monkeypatch):
-    from edgeseq import parity, pipeline
+    from dataclasses import replace
+
+    from edgeseq import families, parity, pipeline
 
     ckpt, _ = artifacts.get(**ALL_ON)
     failing = lambda *a, **k: {**parity.encoder_decoder_parity(*a, **k), "passed": False}  # noqa: E731
-    monkeypatch.setitem(parity.PARITY_CHECKS, "red", failing)
+    monkeypatch.setitem(families.FAMILIES, "red", replace(families.FAMILIES["red"], parity=failing))
     with pytest.raises(ParityError, match="max abs logit difference"):
         pipeline.compile_checkpoint(ckpt, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -148,8 +148,8 @@ def test_pruned_units_are_gone(compiled, variant):
 def test_removed_self_attention_drops_its_cache(compiled):
     _, art = compiled("bart", "decoder-self-gone")
     dec_in, dec_out, _ = _signature(art, "decoder_step")
-    assert "past_key.0" not in dec_in and "present_key.0" not in dec_out
-    assert "past_key.1" in dec_in and "present_value.1" in dec_out
+    assert "past_key.0" not in dec_in and "new_key.0" not in dec_out
+    assert "past_key.1" in dec_in and "new_value.1" in dec_out
 
 
 def test_decoder_without_cross_attention_reads_nothing_from_the_encoder(compiled):

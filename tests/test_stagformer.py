@@ -8,7 +8,6 @@ import torch
 from conftest import stagformer_model
 from edgeseq.exporters import GraphSpec, TensorSpec, exporter_for
 from edgeseq.exporters.base import export_graph
-from edgeseq.exporters.stagformer import stack_state_inputs
 from edgeseq.models.checkpoint import load_checkpoint, make_config
 from edgeseq.passes.split_stages import SplitStagesPass
 from edgeseq.runtimes import load, read_artifact
@@ -88,7 +87,7 @@ def step_graph(**config):
     model = stagformer_model(**config)
     exporter = exporter_for("stagformer")
     spec = exporter.graph_specs(model.config)[1]
-    return export_graph(exporter.graph_module(model, spec), spec, model.config), stack_state_inputs(spec)
+    return export_graph(exporter.graph_module(model, spec), spec, model.config), spec.state_owner()
 
 
 def test_split_refuses_a_stack_count_that_does_not_match():

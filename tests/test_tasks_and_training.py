@@ -1,5 +1,7 @@
 """The composition task and the training loop."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from edgeseq.models.checkpoint import make_config
 from edgeseq.models.red import RedModel
 from edgeseq.models.stagformer import StagFormerModel
 from edgeseq.models.tasks import EOS, FIRST_VALUE, CompositionTask
-from edgeseq.models.training import greedy_accuracy, train, train_until_accurate
+from edgeseq.models.training import greedy_accuracy, recipe_model, train, train_until_accurate
 
 
 def test_task_is_deterministic_and_answers_are_compositions():
@@ -23,7 +25,7 @@ def test_task_is_deterministic_and_answers_are_compositions():
         for table in tables:
             x = table[x]
             chain.append(x)
-        assert list(tgt) == [FIRST_VALUE + v for v in chain] + [EOS]
+        assert list(tgt) == [FIRST_VALUE + v for v in [src[-1] - FIRST_VALUE, *chain]] + [EOS]
     assert a_src.shape == (16, task.source_length) and a_tgt.shape == (16, task.target_length)
 
 
@@ -43,16 +45,41 @@ def test_stagformer_trains_as_a_decoder_only_lm():
     model = StagFormerModel(config)
     losses = train(model, task, steps=60, batch=32, lr=3e-3)
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
-    assert 0.0 <= greedy_accuracy(model, task, n=8) <= 1.0
+
+
+HELD_OUT = 123_456  # the demo's held-out seed; training and validation never sample it
+DEMO_STEPS = 2000  # the demo's step budget
+
+
+def train_recipe(name: str, seed: int, attempts: int = 1):
+    """The demo's recipe for `name` (models/training.py RECIPES) from `seed`: (validation,
+    held-out accuracy, steps run, seconds)."""
+    task = CompositionTask(2, 8)
+    steps, start = [], time.perf_counter()
+    model, validation = train_until_accurate(recipe_model(name, task), task, steps=DEMO_STEPS, attempts=attempts,
+                                             first_seed=seed, on_attempt=lambda a: lambda s, loss: steps.append(s))
+    held_out = greedy_accuracy(model, task, seed=HELD_OUT)
+    print(f"{name} seed {seed}: validation {validation:.1%}, held-out {held_out:.1%}, "
+          f"{len(steps)} steps, {time.perf_counter() - start:.0f} s")
+    return validation, held_out
 
 
 @pytest.mark.slow
-def test_training_reaches_high_accuracy():
-    """The demo's recipe: train (retrying past the seed-dependent plateau), then held-out accuracy."""
-    task = CompositionTask(2, 8)
-    config = make_config("red", "tiny", {
-        "vocab_size": task.vocab_size, "max_positions": 64, "source_autoencoder_weight": 0.1, "d_model": 128, "d_ff": 512,
-    })
-    model, validation = train_until_accurate(lambda: RedModel(config), task, steps=2000)
-    assert validation >= 0.95
-    assert greedy_accuracy(model, task, seed=123_456) >= 0.95
+@pytest.mark.parametrize("seed", range(5))
+def test_demo_red_reaches_95_percent_from_every_seed(seed):
+    """No retry: each of 5 seeds alone reaches the bar within the demo's step budget."""
+    validation, held_out = train_recipe("red", seed)
+    assert validation >= 0.95 and held_out >= 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["stagformer-p2", "stagformer-p1"])
+def test_decoder_only_models_reach_95_percent(name):
+    """StagFormer p = 2 and the p = 1 LM on the decoder-only form of the task: at least 4 of 5
+    seeds alone, and every seed with the demo's retry."""
+    alone = [train_recipe(name, seed) for seed in range(5)]
+    assert sum(v >= 0.95 and h >= 0.95 for v, h in alone) >= 4
+    for seed, (v, h) in enumerate(alone):
+        if not (v >= 0.95 and h >= 0.95):
+            v, h = train_recipe(name, seed, attempts=3)
+            assert v >= 0.95 and h >= 0.95

@@ -9,7 +9,8 @@ compute exactly the same function with explicit tensors:
   values (computed once per request from the encoder output);
 - the encoder also returns the source's padding bias, so that no decoder step recomputes it;
 - the decoder step takes new token ids, their positions, that bias, the cross
-  keys/values and a (possibly zero-length) self-attention cache per layer.
+  keys/values and a preallocated self-attention cache per layer (read in place; the
+  step returns the new keys/values, models/layers.py `attend_cached`).
 
 Heads are split with a -1 head count, so that stripping heads (passes/strip_pruned.py)
 is a matter of slicing initializers, re-targeting the merge of heads and, for T5,
@@ -21,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .layers import attend_cached
 
 NEG_INF = torch.finfo(torch.float32).min
 
@@ -79,6 +82,15 @@ class Attention(nn.Module):
         return self.o(ctx.reshape(ctx.shape[0], ctx.shape[1], -1))
 
 
+    def step(self, x, cache_k, cache_v, k_new, v_new, bias):
+        """One new token per row: attention over a preallocated cache (read in place) and
+        itself, in one softmax; bias [B, H|1, 1, C+1] masks the unused slots (and holds
+        T5's relative positions), the new token's last."""
+        q = self.split(self.q(x) * self.scale if self.scale != 1.0 else self.q(x))
+        ctx = attend_cached(q, k_new, v_new, [(cache_k, cache_v, None)], scale=1.0, bias=bias).transpose(1, 2)
+        return self.o(ctx.reshape(ctx.shape[0], ctx.shape[1], -1))
+
+
 class FeedForward(nn.Module):
     def __init__(self, unit, act: nn.Module):
         super().__init__()
@@ -111,14 +123,20 @@ class Sublayer(nn.Module):
     def forward(self, x, *args):
         return self.close(x, self.fn(self.inner(x), *args))
 
-    def self_attend(self, x, bias, past=None):
-        """Self-attention; with `past` (k, v) the new keys/values are appended to it.
-        Returns the new residual stream and the keys/values attended to."""
+    def self_attend(self, x, bias):
+        """Self-attention over x itself (the encoder). Returns the new residual stream and the
+        keys/values attended to."""
         h = self.inner(x)
         k, v = self.fn.keys_values(h)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         return self.close(x, self.fn(h, k, v, bias)), (k, v)
+
+
+    def self_attend_cached(self, x, cache, bias):
+        """The deployed step's self-attention: returns the new residual stream and the new
+        token's keys/values [B, H, 1, Dh], which the runtime writes into the cache."""
+        h = self.inner(x)
+        k, v = self.fn.keys_values(h)
+        return self.close(x, self.fn.step(h, cache[0], cache[1], k, v, bias)), (k, v)
 
 
 def padding_bias(mask):
@@ -158,7 +176,7 @@ class NashGraphs(nn.Module):
 
     def __init__(self, hf):
         super().__init__()
-        from edgeseq.models.nash import hf_layout
+        from .nash import hf_layout
 
         c = hf.config
         self.config = c
@@ -252,27 +270,33 @@ class NashGraphs(nn.Module):
             x = self.encoder_final(x)
         return [layer[1].fn.keys_values(x) for layer in self.decoder_layers], source_bias
 
-    def decode(self, input_ids, positions, source_bias, cross, past, length_layer: int | None):
-        """One decoder step: new ids [B, N] at `positions` [B, N]; the encoder's padding bias;
-        cross/past per layer (k, v). `length_layer` names a layer whose self-attention
-        cache gives the past length."""
+    def decode_step(self, input_ids, positions, source_bias, cross, cache_length, cache, length_layer: int | None):
+        """The deployed decoder step: one new token per row against preallocated self-attention
+        caches [B, H, C, Dh] whose first cache_length[b] slots are valid (slot j holds
+        decoder position j). Returns the logits and each layer's new keys/values. (The
+        graph keeps a symbolic new-token axis, always 1 when run: with the batch the only
+        dynamic axis the exporter would fold the head count into the head-split Reshape,
+        which pruning changes per layer.)
+        `length_layer` names a layer whose cache survives pruning (its capacity is read)."""
         x = self.tokens(input_ids)
-        n = input_ids.shape[1]
-        past_len = past[length_layer][0].shape[2] if length_layer is not None else 0
-        total = past_len + n
-        keys = torch.arange(total, dtype=torch.long)
-        if self.t5:  # distance back + 1, 0 for a future key: the table masks and biases at once
+        capacity = cache[length_layer][0].shape[2] if length_layer is not None else 0
+        slots = torch.arange(capacity, dtype=torch.long)[None, :]  # [1, C]
+        valid = (slots < cache_length[:, None])[:, None, None, :]  # [B, 1, 1, C]
+        if self.t5:  # distance back + 1 (row 0 masks); the new token itself is 0 back
             table = self.decoder_bias_by_distance
-            back = (positions[:, :, None] - keys[None, None, :] + 1).clamp(0, table.shape[0] - 1)
-            self_bias = F.embedding(back, table).permute(0, 3, 1, 2)  # [B, H, N, T]
+            back = (positions[:, :, None] - slots[None] + 1).clamp(0, table.shape[0] - 1)  # [B, N, C]
+            cache_bias = torch.where(valid, F.embedding(back, table).permute(0, 3, 1, 2), NEG_INF)  # [B, H, N, C]
+            own = table[1][None, :, None, None].expand(cache_bias.shape[0], -1, cache_bias.shape[2], -1)  # [B, H, N, 1]
         else:
-            self_bias = torch.where(keys[None, None, :] <= positions[:, :, None], 0.0, NEG_INF)[:, None]
+            cache_bias = torch.where(valid, 0.0, NEG_INF)  # [B, 1, 1, C]
+            own = torch.zeros_like(cache_bias.narrow(-1, 0, 1)) if capacity else torch.zeros(x.shape[0], 1, 1, 1)
             x = self.decoder_embed_norm(x + F.embedding(positions + self.position_offset, self.decoder_positions))
-        cross_bias = over_queries(source_bias, n)
-        present = []
-        for (self_attn, cross_attn, ffn), layer_past, (ck, cv) in zip(self.decoder_layers, past, cross):
-            x, kv = self_attn.self_attend(x, self_bias, layer_past)
-            present.append(kv)
+        self_bias = torch.cat([cache_bias, own], dim=-1)  # [B, H|1, 1, C+1]
+        cross_bias = over_queries(source_bias, x.shape[1])
+        new_kv = []
+        for (self_attn, cross_attn, ffn), layer_cache, (ck, cv) in zip(self.decoder_layers, cache, cross):
+            x, kv = self_attn.self_attend_cached(x, layer_cache, self_bias)
+            new_kv.append(kv)
             x = cross_attn(x, ck, cv, cross_bias)
             x = ffn(x)
         if self.t5:
@@ -280,4 +304,4 @@ class NashGraphs(nn.Module):
         logits = (x * self.output_scale if self.output_scale != 1.0 else x) @ self.lm_head
         if not self.t5:
             logits = logits + self.final_logits_bias
-        return logits, present
+        return logits, new_kv

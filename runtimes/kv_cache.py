@@ -1,0 +1,175 @@
+"""The KV cache manager: every per-row buffer of a loaded model, owned in one place.
+
+One preallocated numpy buffer per state input of the step graphs (graph_spec roles
+`cache`, `encoder_output`, `handoff`), [rows, ...] with the row axis first. Active rows
+are always slots 0 .. n-1, so a step is fed `buffer[:n]`: a contiguous view, wrapped
+once as a backend tensor and not copied. A step only reads the caches; the new keys and
+values it returns are written here, at each row's own slot, so rows of different ages
+share a step. Buffers grow in blocks (positions, source length and rows each double when
+full): a copy per doubling, never per step.
+
+Rows are forked (a new row gets a copy of another's caches: no recomputed prefix),
+spliced (one row's cache segment appended to another's, and made visible) and released
+(the last row moves into the freed slot so the active rows stay contiguous).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeseq.errors import GenerateError
+
+BLOCK = 64  # cache and source slots are allocated in multiples of this
+FIRST_ROWS = 4
+
+
+@dataclass
+class BufferSpec:
+    name: str
+    role: str  # cache, encoder_output or handoff
+    dtype: np.dtype
+    dims: list  # as in the manifest, "batch" first
+    lag: int = 0  # a cache's valid slots are cache_length - lag
+    pad: float = 0.0  # what unused encoder_output slots hold
+    axis: int | None = None  # the growing axis ("cache" or "source"), None for none
+
+
+def _round_up(n: int, block: int = BLOCK) -> int:
+    return max(block, -(-n // block) * block)
+
+
+class CacheManager:
+    """Buffers for up to `max_rows` rows; slot i of every buffer belongs to `owners[i]`."""
+
+    def __init__(self, specs: list[BufferSpec], max_rows: int):
+        self.specs = {s.name: s for s in specs}
+        self.max_rows = max_rows
+        self.row_capacity = min(FIRST_ROWS, max_rows)
+        self.capacity = {"cache": BLOCK, "source": BLOCK}  # slots per symbolic axis
+        self.owners: list = []  # the sequence in each active slot
+        self.lengths = np.zeros(self.row_capacity, dtype=np.int64)  # valid self-cache slots per row
+        self.buffers = {s.name: self._fresh(s, self.row_capacity) for s in specs}
+        self.generation = 0  # bumped on every reallocation: wrapped views must be remade
+
+    # ----- shapes ----------------------------------------------------------------------------
+    def _shape(self, spec: BufferSpec, rows: int) -> tuple[int, ...]:
+        out = []
+        for d in spec.dims:
+            if d == "batch":
+                out.append(rows)
+            elif isinstance(d, str):
+                out.append(self.capacity[d] if d in self.capacity else 1)
+            else:
+                out.append(int(d))
+        return tuple(out)
+
+    def _fresh(self, spec: BufferSpec, rows: int) -> np.ndarray:
+        return np.full(self._shape(spec, rows), spec.pad, dtype=spec.dtype)
+
+    def _reallocate(self, rows: int) -> None:
+        """New buffers at the current capacities; the active rows' contents copied over."""
+        n = len(self.owners)
+        for name, old in self.buffers.items():
+            new = self._fresh(self.specs[name], rows)
+            region = tuple(slice(0, min(a, b)) for a, b in zip(old.shape, new.shape))
+            region = (slice(0, n), *region[1:])
+            new[region] = old[region]
+            self.buffers[name] = new
+        lengths = np.zeros(rows, dtype=np.int64)
+        lengths[:n] = self.lengths[:n]
+        self.lengths = lengths
+        self.row_capacity = rows
+        self.generation += 1
+
+    def reserve(self, axis: str, slots: int) -> None:
+        """Make room for `slots` positions along a symbolic axis ("cache" or "source")."""
+        if slots > self.capacity[axis]:
+            self.capacity[axis] = max(_round_up(slots), 2 * self.capacity[axis])
+            self._reallocate(self.row_capacity)
+
+    # ----- rows ------------------------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        return len(self.owners)
+
+    def add_row(self, owner) -> int:
+        """A fresh slot for `owner` (empty caches, encoder outputs at their pad value)."""
+        if self.rows >= self.max_rows:
+            raise GenerateError(f"all {self.max_rows} cache rows are in use", "raise max_batch or wait for rows to finish")
+        if self.rows == self.row_capacity:
+            self._reallocate(min(2 * self.row_capacity, self.max_rows))
+        slot = self.rows
+        self.owners.append(owner)
+        self.lengths[slot] = 0
+        for name, spec in self.specs.items():
+            if spec.role == "encoder_output":
+                self.buffers[name][slot] = spec.pad
+        owner.slot = slot
+        return slot
+
+    def release(self, slot: int) -> None:
+        """Free a slot; the last active row moves into it (one row copied) so rows stay 0..n-1."""
+        last = self.rows - 1
+        if slot != last:
+            for buffer in self.buffers.values():
+                buffer[slot] = buffer[last]
+            self.lengths[slot] = self.lengths[last]
+            self.owners[slot] = self.owners[last]
+            self.owners[slot].slot = slot
+        self.owners.pop()
+        self.generation += 1  # the active views are one row shorter
+
+    def fork(self, slot: int, owner) -> int:
+        """A new row whose caches and state copy row `slot`'s (its prefix, not recomputed)."""
+        new = self.add_row(owner)
+        length = int(self.lengths[slot])
+        for name, spec in self.specs.items():
+            buffer = self.buffers[name]
+            if spec.role == "cache":
+                buffer[new, :, : length - spec.lag] = buffer[slot, :, : length - spec.lag]
+            else:
+                buffer[new] = buffer[slot]
+        self.lengths[new] = length
+        return new
+
+    def splice(self, into: int, source: int, start: int, end: int) -> None:
+        """Append row `source`'s self-cache slots start..end-1 to row `into`'s cache, visible
+        from the next step. Lagging caches (StagFormer's cross caches) move the same slots
+        shifted by their lag."""
+        count = end - start
+        if count <= 0:
+            return
+        length = int(self.lengths[into])
+        self.reserve("cache", length + count)
+        for name, spec in self.specs.items():
+            if spec.role != "cache":
+                continue
+            buffer = self.buffers[name]
+            lo, hi = max(start - spec.lag, 0), end - spec.lag
+            at = length - spec.lag
+            buffer[into, :, at : at + hi - lo] = buffer[source, :, lo:hi]
+        self.lengths[into] = length + count
+
+    # ----- writes ----------------------------------------------------------------------------
+    def write_new(self, name: str, values: np.ndarray, n: int) -> None:
+        """A step's new keys/values [n, H, 1, Dh] into rows 0..n-1 at slot length - lag."""
+        spec = self.specs[name]
+        self.buffers[name][np.arange(n), :, self.lengths[:n] - spec.lag] = values[:, :, 0]
+
+    def write_prefix(self, name: str, slot: int, values: np.ndarray) -> None:
+        """A prefill's entries [H, L, Dh] into a row's first L slots."""
+        self.buffers[name][slot, :, : values.shape[1]] = values
+
+    def write_row(self, name: str, slot: int, value: np.ndarray) -> None:
+        """Per-request state (an encoder output, a handoff) into one row; an encoder output
+        shorter than the buffer fills its leading part along the source axis."""
+        spec, buffer = self.specs[name], self.buffers[name]
+        if spec.axis is None:
+            buffer[slot] = value
+            return
+        index = [slot] + [slice(None)] * (buffer.ndim - 1)
+        index[spec.axis] = slice(0, value.shape[spec.axis - 1])
+        buffer[tuple(index)] = value
+
+    def view(self, name: str, n: int) -> np.ndarray:
+        return self.buffers[name][:n]
