@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest -q -p no:logging "$@"
+# two workers (the export of each test model is single-threaded Python); each test file runs
+# in one worker so its module fixtures are built once
+exec .venv/bin/python -m pytest -q -p no:logging -n 2 --dist loadfile "$@"

@@ -85,6 +85,16 @@ def test_newer_format_is_refused(artifacts, tmp_path):
         load(art)
 
 
+def test_an_artifact_of_format_1_asks_for_a_recompile(artifacts, tmp_path):
+    """Format 1 grew caches by Concat and had no wiring: this runtime cannot drive it."""
+    art = copy_of(artifacts, tmp_path)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LoadError, match="older than this edgeseq runs.*recompile"):
+        load(art)
+
+
 def test_not_an_artifact_is_refused(tmp_path):
     with pytest.raises(LoadError, match="manifest.json is missing"):
         load(tmp_path)

@@ -27,11 +27,22 @@ GRID = {
 }
 
 
-@pytest.mark.parametrize("split", [True, False], ids=["split", "unsplit"])
-@pytest.mark.parametrize("name", list(GRID))
+FAST = [("p2", True), ("p2", False), ("p2-shared", True), ("p1-baseline", True)]
+SLOW = [("p3", True), ("p2-window2", True), ("p2-shared", False)]
+
+
+@pytest.mark.parametrize("name, split", FAST, ids=lambda v: v if isinstance(v, str) else ("split" if v else "unsplit"))
 def test_stagformer_parity(artifacts, name, split):
-    if name in ("p3", "p1-baseline", "p2-window2") and not split:
-        pytest.skip("unsplit covered by p2 and p2-shared")
+    check_parity(artifacts, name, split)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, split", SLOW, ids=lambda v: v if isinstance(v, str) else ("split" if v else "unsplit"))
+def test_stagformer_parity_slow_grid(artifacts, name, split):
+    check_parity(artifacts, name, split)
+
+
+def check_parity(artifacts, name, split):
     ckpt, art = artifacts.get(family="stagformer", split=split, **GRID[name])
     _, model = load_checkpoint(ckpt)
     graphs = read_artifact(art).manifest["graphs"]
