@@ -70,13 +70,16 @@ def concurrency_report(path: str | Path, clients: int = 16, threads: int | None 
 
         together()  # warm-up: the cache grows to the batch once
         samples: dict[str, list[float]] = {"together": [], "alone": []}
-        steps0, rows0 = model.scheduler.steps, model.scheduler.rows_stepped
+        steps = rows = 0  # batched steps of the concurrent runs, and the rows they carried
         for r in range(rounds):
             say(f"concurrency round {r + 1}/{rounds}")
             order = (("together", together), ("alone", one_at_a_time))
             for name, fn in order if r % 2 == 0 else order[::-1]:
+                steps0, rows0 = model.scheduler.steps, model.scheduler.rows_stepped
                 samples[name].append(tokens / fn())
-        steps, rows = model.scheduler.steps - steps0, model.scheduler.rows_stepped - rows0
+                if name == "together":
+                    steps += model.scheduler.steps - steps0
+                    rows += model.scheduler.rows_stepped - rows0
     tok_s, alone = statistics.median(samples["together"]), statistics.median(samples["alone"])
     return {
         "clients": clients,

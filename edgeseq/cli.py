@@ -153,9 +153,9 @@ def generate(artifact, inputs, max_new_tokens, do_sample, temperature, top_k, to
     from edgeseq.runtimes import SamplingOptions, load
 
     rows = [parse_ids(text) for text in inputs]
-    model = load(artifact, target=target, threads=threads, schedule=schedule, low_memory=low_memory)
     sampling = SamplingOptions(do_sample, temperature, top_k, top_p, seed)
-    result = model.generate(rows, max_new_tokens, list(stop_tokens) or None, sampling)
+    with load(artifact, target=target, threads=threads, schedule=schedule, low_memory=low_memory) as model:
+        result = model.generate(rows, max_new_tokens, list(stop_tokens) or None, sampling)
     if as_json:
         emit_json({"tokens": result.tokens})
     else:
