@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,11 @@ from edgeseq.models.red import RedModel
 from edgeseq.models.stagformer import StagFormerModel
 
 from edgeseq.pipeline import compile_checkpoint
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers share two cores: a torch thread pool per worker would oversubscribe them
+    # (training runs slow down several-fold), and tracing for export is single-threaded anyway
+    torch.set_num_threads(1)
 
 ALL_ON = dict(
     unidirectional_cross_attention=True, causal_encoder=True, share_parameters=True,
