@@ -66,6 +66,7 @@ def test_init_compile_generate_parity_inspect_bench(tmp_path):
         (["init", "red", "-o", "{tmp}/x", "--set", "n_heads=3"], ["not divisible"]),
         (["compile", "{tmp}/nothing", "-o", "{tmp}/x"], ["not a checkpoint folder"]),
         (["generate", "{tmp}/nothing", "--input-ids", "1"], ["not an artifact folder"]),
+        (["bench", "{tmp}/nothing", "--concurrency", "0"], ["--concurrency 0 must be at least 1"]),
     ],
 )
 def test_bad_input_gets_one_line_error_and_writes_nothing(tmp_path, args, fragments):
