@@ -10,6 +10,7 @@ Importing this module is cheap: every record's functions import torch and the fa
 modules only when called.
 """
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +50,6 @@ def _has_family(name: str) -> Callable[[Path], bool]:
         from edgeseq.models.checkpoint import CONFIG_FILE
 
         try:
-            import json
-
             raw = json.loads((Path(path) / CONFIG_FILE).read_text())
         except (OSError, ValueError):
             return False

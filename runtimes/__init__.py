@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from edgeseq.errors import LoadError
+from edgeseq.graph_spec import DECODE_SHAPES
 
 from .artifact import FORMAT_VERSION, Artifact, read_artifact
 from .backend import TARGETS, make_backend
@@ -26,7 +27,6 @@ from .scheduler import Scheduler
 
 # how a decoder-only model's stages run; encoder-decoder models have one schedule
 SCHEDULES = ("concurrent", "sequential", "recurrent")
-DECODE_SHAPES = ("encoder_decoder", "decoder_only")
 
 
 def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, verify: bool = True,

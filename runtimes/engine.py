@@ -89,6 +89,7 @@ class Engine:
         self.handoff_sources.update(handoff_sources or {})
         self.handoffs = [(out, name) for name, out in self.handoff_sources.items() if out in produced]
         self.logits_output = next(t["name"] for g in self.step_graphs for t in graphs[g]["outputs"] if t["role"] == "logits")
+        self.once_logits = next((t["name"] for t in graphs[self.once]["outputs"] if t["role"] == "logits"), None)
         self.ids = np.zeros((max_rows, 1), dtype=np.int64)
         self.positions = np.zeros((max_rows, 1), dtype=np.int64)
         self._feeds: tuple | None = None  # (key, per-graph feeds) of wrapped views, remade when rows change
@@ -176,7 +177,7 @@ class Engine:
                 s.position = len(s.prompt) if self.config.get("consecutive_positions") else 0
             return [None] * len(seqs)
         c.reserve("cache", max(len(s.prompt) for s in seqs) + 1)
-        logits = outputs[next(t["name"] for t in self._outputs(self.once) if t["role"] == "logits")]
+        logits = outputs[self.once_logits]
         for i, s in enumerate(seqs):
             slot = c.add_row(s)
             length = len(s.prompt)
@@ -190,9 +191,6 @@ class Engine:
             c.lengths[slot] = length
             s.position = length
         return [logits[i, -1] for i in range(len(seqs))]
-
-    def _outputs(self, graph: str) -> list[dict]:
-        return self.artifact.manifest["graphs"][graph]["outputs"]
 
     def step(self, seqs: list[Sequence]) -> np.ndarray:
         """One token for every active row (`seqs` are the cache's owners, in slot order):
