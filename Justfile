@@ -20,6 +20,7 @@ bench:
     .venv/bin/python benchmarks/stagformer.py
     .venv/bin/python benchmarks/nash.py
     .venv/bin/python benchmarks/engine.py
+    .venv/bin/python benchmarks/attention_kernels.py
 
 lint:
     bash scripts/setup.sh
