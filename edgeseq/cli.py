@@ -14,10 +14,12 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgeseq import __version__
 from edgeseq.errors import BuildError, EdgeseqError, GenerateError
+from edgeseq.extras import require
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -32,7 +34,8 @@ def handle_errors(fn):
         except EdgeseqError as e:
             if ctx.find_root().params.get("debug"):
                 raise
-            err_console.print(f"[bold red]error[/] {e.one_line()}", highlight=False, soft_wrap=True)
+            # escaped: a message may hold brackets (`edgeseq[compile]`) that rich would read as markup
+            err_console.print(f"[bold red]error[/] {escape(e.one_line())}", highlight=False, soft_wrap=True)
             sys.exit(1)
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -87,6 +90,7 @@ def init(family, out, preset, sets, seed, force, as_json):
     FAMILY nash writes a Hugging Face T5/BART folder instead: --preset tiny|small|t5-small,
     --set variant=t5-v1|t5-v1.1|bart, decoder_layers=K, selection=unif|low|high,
     sparsity=S (a zs.pt pruning that fraction of encoder heads and FFN neurons)."""
+    require("compile", "init")
     from edgeseq.families import family as family_record
 
     path = family_record(family).init(out, preset, sets, seed=seed, force=force)
@@ -109,7 +113,9 @@ def init(family, out, preset, sets, seed, force, as_json):
 @handle_errors
 def compile_cmd(checkpoint, out, target, precision, verify, split, force, as_json):
     """Export CHECKPOINT to ONNX, run the graph passes, write an artifact, check parity."""
+    require("compile", "compile")
     from edgeseq.pipeline import compile_checkpoint
+    from edgeseq.tokenizer_files import tokenizer_hint
 
     with stage_status(not as_json, f"compiling {checkpoint}") as say:
         manifest = compile_checkpoint(checkpoint, out, target, precision, verify, force, on_stage=say, split=split)
@@ -118,6 +124,10 @@ def compile_cmd(checkpoint, out, target, precision, verify, split, force, as_jso
         emit_json({"artifact": str(out), "family": manifest["family"], "stats": manifest["stats"], "parity": parity})
         return
     out_console.print(f"wrote {manifest['family']} artifact to {out} ({manifest['stats']['weight_bytes'] / 1e6:.2f} MB of weights)")
+    if manifest.get("tokenizer"):
+        out_console.print(f"tokenizer carried ({manifest['tokenizer']['vocab_size']} tokens): --text works")
+    elif hint := tokenizer_hint(checkpoint):
+        err_console.print(f"[yellow]note[/] {escape(hint)}", highlight=False, soft_wrap=True)
     if parity:
         out_console.print(
             f"parity vs PyTorch: max |logit diff| {parity['max_abs_logit_diff']:.2e} (atol {parity['atol']:.0e}), "
@@ -134,7 +144,8 @@ def parse_ids(text: str) -> list[int]:
 
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--input-ids", "inputs", multiple=True, required=True, help='Source token ids, e.g. "5 17 3"; repeat for a batch.')
+@click.option("--input-ids", "inputs", multiple=True, help='Source token ids, e.g. "5 17 3"; repeat for a batch.')
+@click.option("--text", "texts", multiple=True, help="Source text (needs an artifact with a tokenizer); repeat for a batch.")
 @click.option("--max-new-tokens", default=32, show_default=True)
 @click.option("--do-sample", is_flag=True, help="Sample instead of greedy decoding.")
 @click.option("--temperature", default=1.0, show_default=True)
@@ -148,19 +159,23 @@ def parse_ids(text: str) -> list[int]:
 @click.option("--low-memory", is_flag=True, help="No weight prepacking: about half the memory, slower at batch > 1.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def generate(artifact, inputs, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_tokens, target, threads, schedule, low_memory, as_json):
+def generate(artifact, inputs, texts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_tokens, target, threads, schedule, low_memory, as_json):
     """Generate tokens from a compiled ARTIFACT."""
     from edgeseq.runtimes import SamplingOptions, load
 
-    rows = [parse_ids(text) for text in inputs]
+    if bool(inputs) == bool(texts):
+        raise GenerateError("give the input as --input-ids or as --text (one of them)",
+                            'e.g. --input-ids "5 17 3" or --text "translate this"')
     sampling = SamplingOptions(do_sample, temperature, top_k, top_p, seed)
     with load(artifact, target=target, threads=threads, schedule=schedule, low_memory=low_memory) as model:
+        rows = [model.encode_text(t) for t in texts] if texts else [parse_ids(text) for text in inputs]
         result = model.generate(rows, max_new_tokens, list(stop_tokens) or None, sampling)
+        decoded = [model.decode_text(row) for row in result.tokens] if texts else None
     if as_json:
-        emit_json({"tokens": result.tokens})
+        emit_json({"tokens": result.tokens, **({"text": decoded} if decoded is not None else {})})
     else:
-        for row in result.tokens:
-            click.echo(" ".join(map(str, row)))
+        for row, ids in enumerate(result.tokens):
+            click.echo(decoded[row] if decoded is not None else " ".join(map(str, ids)))
 
 
 @cli.command()
@@ -171,6 +186,7 @@ def generate(artifact, inputs, max_new_tokens, do_sample, temperature, top_k, to
 @handle_errors
 def parity(artifact, reference, steps, as_json):
     """Compare ARTIFACT with its PyTorch checkpoint: logit differences and greedy agreement."""
+    require("compile", "parity")
     from edgeseq.parity import parity_report
 
     with stage_status(not as_json, "checking parity"):
@@ -217,6 +233,9 @@ def inspect_cmd(artifact, as_json):
         f"{s['weight_bytes_per_token'] / 1e6:.2f} MB of weights read, "
         f"sequential depth {s['sequential_depth_per_token']} layers"
     )
+    tokenizer = info.get("tokenizer")
+    out_console.print(f"tokenizer: {tokenizer['file']} ({tokenizer['vocab_size']} tokens; --text works)" if tokenizer
+                      else "tokenizer: none (token ids only)")
     for stage in info["schedule"]:
         out_console.print(f"stage {stage['stage']}: {', '.join(stage['graphs'])} ({stage['runs']})")
         for h in stage.get("handoffs", []):
@@ -263,6 +282,8 @@ def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, schedule,
     """Time prefill and decode of ARTIFACT (optionally against PyTorch eager), with the roofline."""
     from edgeseq.bench import bench_artifact
 
+    if vs_torch is not None:
+        require("compile", "bench --vs-torch")
     if concurrency is not None and concurrency < 1:
         raise BuildError(f"--concurrency {concurrency} must be at least 1", "pass e.g. --concurrency 16")
     with stage_status(not as_json, "benchmarking") as say:

@@ -36,6 +36,7 @@ def inspect_artifact(path: str | Path, verify: bool = True) -> dict[str, Any]:
         "stats": m["stats"],
         "files": {name: f["bytes"] for name, f in files.items()},
         "total_bytes": sum(f["bytes"] for f in files.values()),
+        "tokenizer": m.get("tokenizer"),  # {"file", "vocab_size"} when text works, else None
         "pruning": m.get("pruning"),  # NASH: kept units, parameters and FLOPs before/after stripping
         "parity": {k: parity[k] for k in ("max_abs_logit_diff", "greedy_token_agreement", "atol", "passed") if k in parity}
         or None,

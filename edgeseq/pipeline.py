@@ -16,6 +16,7 @@ from edgeseq.families import family_of_checkpoint
 from edgeseq.passes import run_passes
 from edgeseq.runtimes import load as load_artifact
 from edgeseq.runtimes.backend import check_target
+from edgeseq.tokenizer_files import carry_tokenizer
 
 PRECISIONS = {"fp32": "available", "fp16": "planned", "bf16": "planned"}
 
@@ -64,6 +65,10 @@ def compile_checkpoint(
         )
         if extras:
             manifest.update(extras)
+        tokenizer = carry_tokenizer(checkpoint, tmp, source.config["vocab_size"])
+        if tokenizer:
+            manifest["tokenizer"] = tokenizer
+        if extras or tokenizer:
             write_manifest(tmp, manifest)
         if verify:
             say("checking parity against PyTorch")

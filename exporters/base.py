@@ -103,9 +103,10 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, config) -> ir.Model:
                 input_names=[t.name for t in spec.inputs],
                 output_names=[t.name for t in spec.outputs],
                 dynamic_shapes=dynamic_shapes(spec, module),
-                optimize=True,
+                optimize=False,  # optimize_graph below: the exporter's own would merge equal weights
                 verbose=False,
             )
+            optimize_graph(program.model)
     except Exception as e:  # the exporter raises many types; all mean the same thing here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(
@@ -113,6 +114,39 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, config) -> ir.Model:
             "check that the checkpoint loads and runs in PyTorch; report the full error with --debug",
         ) from e
     return program.model
+
+
+def optimize_graph(model: ir.Model) -> None:
+    """The exporter's optimizer (onnxscript's optimize_ir: inline, fold constants, rewrite,
+    lift constants, CSE) without its DeduplicateInitializersPass.
+
+    That pass merges initializers with equal contents into one, so a freshly initialised
+    BART's zero biases, or any two equal weights, become one tensor read by many layers:
+    the graph passes address weights by name and prune each layer's own (issue: slicing a
+    shared bias for one layer's kept heads broke every other reader). The artifact writer
+    still stores equal tensors once in weights.bin.
+    """
+    import onnxscript.optimizer
+    import onnxscript.rewriter
+    from onnx_ir.passes import common
+
+    common.InlinePass()(model)
+    for _ in range(2):
+        folded = onnxscript.optimizer.fold_constants(model)
+        onnxscript.rewriter.rewrite(model)
+        common.RemoveUnusedNodesPass()(model)
+        common.RemoveUnusedFunctionsPass()(model)
+        common.RemoveUnusedOpsetsPass()(model)
+        if not folded.modified:
+            break
+    ir.passes.Sequential(
+        common.RemoveUnusedNodesPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.LiftSubgraphInitializersToMainGraphPass(),
+        common.CommonSubexpressionEliminationPass(),
+        common.OutputFixPass(),
+        common.NameFixPass(),
+    )(model)
 
 
 @contextlib.contextmanager

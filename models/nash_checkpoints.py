@@ -100,8 +100,9 @@ def random_masks(dims: NashDims, sparsity: float, seed: int = 0, hidden: bool = 
 
 
 def save_hf_checkpoint(model, out: str | Path, masks: dict[str, torch.Tensor] | None = None,
-                       force: bool = False) -> Path:
-    """save_pretrained (safetensors) + zs.pt, atomically."""
+                       force: bool = False, tokenizer: bool = False) -> Path:
+    """save_pretrained (safetensors) + zs.pt (+ a tokenizer.json at the model's vocabulary
+    size, models/tokenizer.py), atomically."""
     out = Path(out)
     if out.exists() and not force:
         raise CheckpointError(f"{out} already exists", "choose another -o folder or pass --force")
@@ -109,6 +110,11 @@ def save_hf_checkpoint(model, out: str | Path, masks: dict[str, torch.Tensor] | 
         model.save_pretrained(tmp, safe_serialization=True)
         if masks:
             torch.save(masks, tmp / MASK_FILE)
+        if tokenizer:
+            from .tokenizer import write_tokenizer
+
+            kind = "bart" if model.config.model_type == "bart" else "t5"
+            write_tokenizer(tmp, model.config.vocab_size, kind)
     return out
 
 
@@ -130,4 +136,4 @@ def init_nash_checkpoint(out: str | Path, preset: str | None = None, sets=(), se
         raise CheckpointError(f"sparsity={values['sparsity']} is outside [0, 1)", "use e.g. --set sparsity=0.5")
     model = random_model(values["variant"], preset or "tiny", seed, values["decoder_layers"], values["selection"])
     masks = random_masks(nash_dims(model.config), values["sparsity"], seed) if values["sparsity"] else None
-    return save_hf_checkpoint(model, out, masks, force=force)
+    return save_hf_checkpoint(model, out, masks, force=force, tokenizer=True)

@@ -35,6 +35,16 @@ def _slice(value: ir.Value, index: list[int], axis: int) -> None:
     value.shape = ir.Shape(array.shape)
 
 
+def _slice_own(value: ir.Value, index: list[int], axis: int, unit: str) -> None:
+    """_slice for a tensor only this unit reads: one read by other nodes too (equal weights
+    merged into one initializer by some optimizer) must not change under them."""
+    readers = {id(node) for node, _ in value.uses()}
+    if len(readers) > 1:
+        raise PassError(f"{unit}: {value.name} is read by {len(readers)} nodes; slicing it for this unit would "
+                        "change the others", "export without merging equal initializers (edgeseq's exporter does not merge them)")
+    _slice(value, index, axis)
+
+
 def _head_index(kept: list[int], head_dim: int) -> list[int]:
     return [h * head_dim + j for h in kept for j in range(head_dim)]
 
@@ -97,14 +107,14 @@ class StripPrunedUnitsPass(ir.passes.InPlacePass):
         columns = _head_index(kept, dh)
         for name in unit["head_columns"]:
             if name in self.inits:
-                _slice(self.inits[name], columns, axis=1)
+                _slice_own(self.inits[name], columns, 1, unit["unit"])
         for name in unit["head_biases"]:
             if name in self.inits:
-                _slice(self.inits[name], columns, axis=0)
+                _slice_own(self.inits[name], columns, 0, unit["unit"])
         if unit["head_rows"] in self.inits:
             rows = self.inits[unit["head_rows"]]
             self._retarget_merge(rows, unit["heads"] * dh, len(kept) * dh, unit["unit"])
-            _slice(rows, columns, axis=0)
+            _slice_own(rows, columns, 0, unit["unit"])
         query = unit["head_columns"][0]
         if unit.get("position_bias") and query in self.inits:
             self._select_bias_heads(self.inits[query], kept, unit["unit"])
@@ -168,12 +178,12 @@ class StripPrunedUnitsPass(ir.passes.InPlacePass):
             return True
         for name in unit["columns"]:
             if name in self.inits:
-                _slice(self.inits[name], kept, axis=1)
+                _slice_own(self.inits[name], kept, 1, unit["unit"])
         for name in unit["column_biases"]:
             if name in self.inits:
-                _slice(self.inits[name], kept, axis=0)
+                _slice_own(self.inits[name], kept, 0, unit["unit"])
         if unit["rows"] in self.inits:
-            _slice(self.inits[unit["rows"]], kept, axis=0)
+            _slice_own(self.inits[unit["rows"]], kept, 0, unit["unit"])
         return True
 
     def _constant(self, array: np.ndarray, name: str) -> ir.Value:

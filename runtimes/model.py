@@ -23,6 +23,7 @@ from .engine import Engine
 from .sampling import SamplingOptions
 from .scheduler import Scheduler
 from .sequence import FINISHED, Sequence, row_rng
+from .text import TextCodec, no_tokenizer_error, text_codec
 
 POLL_S = 1.0  # how often a waiting caller checks that the scheduler is still alive
 OPEN_MODELS: "weakref.WeakSet[LoadedModel]" = weakref.WeakSet()  # not yet closed (tests close leftovers)
@@ -35,7 +36,24 @@ class LoadedModel:
         self.engine = engine
         self.scheduler = scheduler
         self.config: dict[str, Any] = artifact.config
+        self.codec: TextCodec | None = text_codec(artifact)
         OPEN_MODELS.add(self)
+
+    # ----- text -----------------------------------------------------------------------------------
+    @property
+    def has_tokenizer(self) -> bool:
+        return self.codec is not None
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids for `text` through the artifact's tokenizer (GenerateError without one)."""
+        if self.codec is None:
+            raise no_tokenizer_error(self.artifact.path)
+        return self.codec.encode(text)
+
+    def decode_text(self, ids: list[int]) -> str:
+        if self.codec is None:
+            raise no_tokenizer_error(self.artifact.path)
+        return self.codec.decode(ids)
 
     # ----- requests -----------------------------------------------------------------------------
     def _sequences(self, input_ids, max_new_tokens: int, stop_tokens, sampling: SamplingOptions | None,

@@ -242,6 +242,42 @@ def test_selected_decoder_compiles_with_parity(tmp_path, variant):
     assert manifest["model_config"]["decoder_layers"] == 2
 
 
+def coinciding_weights(variant: str):
+    """A checkpoint in which several weights are equal, as a new user's can be. BART: a
+    fresh initialisation, every linear bias zero. T5: encoder layer 1's attention and FFN
+    weights copied from layer 0."""
+    from edgeseq.models.nash_checkpoints import hf_config
+    from transformers import AutoModelForSeq2SeqLM
+
+    torch.manual_seed(5)
+    model = AutoModelForSeq2SeqLM.from_config(hf_config(variant, "tiny")).eval()
+    if variant != "bart":
+        first = dict(model.encoder.block[0].named_parameters())
+        with torch.no_grad():
+            for name, weight in model.encoder.block[1].named_parameters():
+                weight.copy_(first[name])
+    return model
+
+
+@pytest.mark.parametrize("variant", ["bart", "t5-v1"])
+def test_equal_weights_compile_with_parity(tmp_path, variant):
+    """Equal tensors once became one shared initializer, and slicing it for one layer's kept
+    heads broke the others ("Op (Add) Incompatible dimensions" at load)."""
+    model = coinciding_weights(variant)
+    if variant == "bart":
+        biases = [m.bias for m in model.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None]
+        assert biases and all(not b.any() for b in biases)
+    ckpt = save_hf_checkpoint(model, tmp_path / "ckpt", random_masks(nash_dims(model.config), 0.5, seed=6))
+    manifest = compile_checkpoint(ckpt, tmp_path / "art")
+    assert manifest["parity"]["passed"], manifest["parity"]
+    assert manifest["parity"]["greedy_token_agreement"] == 1.0
+    from edgeseq.exporters.nash import prepare
+
+    report = hf_parity(load(tmp_path / "art"), prepare(load_nash(ckpt)), 1e-4, cases=[[9], [3, 12, 1]])
+    assert report["passed"], report
+    assert all(c["greedy_token_agreement"] == 1.0 for c in report["cases"]), report["cases"]
+
+
 # ----- bad input ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def t5_folder(tmp_path_factory):
@@ -315,8 +351,61 @@ def test_cli_init_compile_generate_inspect_parity(tmp_path):
     assert info["pruning"]["after"]["parameters"] < info["pruning"]["before"]["parameters"]
     r = run("parity", art, "--reference", ckpt, "--steps", "8", "--json")
     assert r.exit_code == 0 and json.loads(r.output)["passed"], r.output
+    check_text_in_and_out(run, ckpt, art, info)
     r = run("init", "nash", "-o", tmp_path / "x", "--set", "layers=3")
     assert r.exit_code != 0 and "unknown nash init key 'layers'" in r.output
+
+
+def check_text_in_and_out(run, ckpt, art, info):
+    """init writes a tokenizer.json; compile carries it; --text goes through it both ways
+    and gives the tokens that the same ids give."""
+    from tokenizers import Tokenizer
+
+    assert info["tokenizer"] == {"file": "tokenizer.json", "vocab_size": 96}
+    tokenizer = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    texts = ["the cat sat on the mat.", "a red bird sings"]
+    r = run("generate", art, "--text", texts[0], "--text", texts[1], "--max-new-tokens", "6", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    ids = [tokenizer.encode(t).ids for t in texts]
+    assert ids[0][0] == 0 and ids[0][-1] == 2  # BART's <s> ... </s>
+    by_ids = json.loads(run("generate", art, *[a for row in ids for a in ("--input-ids", " ".join(map(str, row)))],
+                            "--max-new-tokens", "6", "--json").output)
+    assert out["tokens"] == by_ids["tokens"]
+    assert out["text"] == [tokenizer.decode(row, skip_special_tokens=True) for row in out["tokens"]]
+    r = run("generate", art, "--text", "x", "--input-ids", "5")
+    assert r.exit_code == 1 and "one of them" in r.output
+
+
+def test_text_needs_a_tokenizer(compiled):
+    """An artifact compiled from a folder without tokenizer.json keeps working with ids and
+    says clearly that text needs one."""
+    from click.testing import CliRunner
+
+    from edgeseq.cli import cli
+
+    _, art = compiled("t5-v1", "edge")
+    assert "tokenizer" not in _manifest(art)
+    r = CliRunner().invoke(cli, ["generate", str(art), "--text", "the cat"])
+    assert r.exit_code == 1 and "has no tokenizer" in r.output and "token ids" in r.output, r.output
+
+
+def test_tokenizer_bigger_than_the_vocabulary_fails_the_compile(tmp_path):
+    from edgeseq.models.tokenizer import write_tokenizer
+
+    from edgeseq.errors import BuildError
+    from edgeseq.tokenizer_files import carry_tokenizer, tokenizer_hint
+
+    write_tokenizer(tmp_path, 96, "t5")
+    with pytest.raises(BuildError, match="has 96 tokens but the model's vocabulary is 50"):
+        carry_tokenizer(tmp_path, tmp_path / "out", 50)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(BuildError, match="not a tokenizer the `tokenizers` library can read"):
+        carry_tokenizer(tmp_path, tmp_path / "out", 96)
+    (tmp_path / "tokenizer.json").unlink()
+    (tmp_path / "spiece.model").write_bytes(b"x")
+    assert "spiece.model found but no tokenizer.json" in tokenizer_hint(tmp_path)
+    assert carry_tokenizer(tmp_path, tmp_path / "out", 96) is None
 
 
 def test_cli_bad_hf_input_is_one_line(t5_folder, tmp_path):

@@ -97,6 +97,23 @@ def test_strip_removes_a_pruned_head_and_keeps_the_outputs():
     np.testing.assert_allclose(run(after, x)[0], run(model, x)[0], rtol=1e-5, atol=1e-6)
 
 
+def test_strip_refuses_to_slice_a_weight_another_node_reads():
+    """Query and key weights merged into one initializer (equal contents): slicing it for
+    the kept heads would change the other reader too, so the pass names the problem."""
+    import pytest
+
+    from edgeseq.errors import PassError
+
+    rng = np.random.default_rng(0)
+    w = {n: rng.standard_normal((D, D)) for n in ("wq", "wv", "wo")}
+    model = attention_graph({**w, "wk": w["wq"]}, cross=False)
+    for node in model.graph.node:  # what a deduplicating optimizer leaves: both read wq
+        node.input[:] = ["wq" if name == "wk" else name for name in node.input]
+    model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == "wk"))
+    with pytest.raises(PassError, match="wq is read by 2 nodes"):
+        apply(StripPrunedUnitsPass({"attention": [unit([0], cross=False)]}), model)
+
+
 def test_fuse_turns_a_cross_attention_chain_into_one_kernel():
     rng = np.random.default_rng(2)
     model = attention_graph({n: rng.standard_normal((D, D)) for n in ("wq", "wo")}, cross=True)
