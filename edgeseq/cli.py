@@ -297,6 +297,38 @@ def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, schedule,
     print_bench(report)
 
 
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--name", default=None, help="Model name in the API (default: the artifact folder's name).")
+@click.option("--max-batch", default=32, show_default=True, type=int, help="Rows that share a decode step at most.")
+@click.option("--max-queue", default=256, show_default=True, type=int, help="Requests that may wait; more get 429.")
+@click.option("--timeout", default=60.0, show_default=True, type=float, help="Seconds a request may take; then 504.")
+@click.option("--max-tokens", default=1024, show_default=True, type=int, help="Cap on a request's max_tokens.")
+@click.option("--max-rows", default=16, show_default=True, type=int, help="Prompts per request at most.")
+@click.option("--max-body-bytes", default=1 << 20, show_default=True, type=int, help="Larger request bodies get 413.")
+@click.option("--drain-timeout", default=30.0, show_default=True, type=float, help="On SIGTERM, seconds for requests in flight.")
+@click.option("--threads", default=None, type=int, help="Intra-op threads in all (default: all cores).")
+@click.option("--target", default="ort-cpu", show_default=True)
+@handle_errors
+def serve(artifact, host, port, name, max_batch, max_queue, timeout, max_tokens, max_rows, max_body_bytes,
+          drain_timeout, threads, target):
+    """Serve ARTIFACT over HTTP: OpenAI-style /v1/completions, Open Inference Protocol v2, /metrics."""
+    require("serve", "serve")
+    from edgeseq.serving import ServeLimits, run_server
+
+    try:
+        limits = ServeLimits(max_body_bytes, max_rows, max_tokens, timeout, drain_timeout)
+    except ValueError as e:
+        raise BuildError(str(e), "pass positive limits") from None
+
+    def ready(model_name):
+        err_console.print(f"serving {model_name!r} on http://{host}:{port} (SIGTERM or Ctrl-C stops it)", highlight=False)
+
+    run_server(artifact, host, port, name, limits, threads, max_batch, max_queue, target, on_ready=ready)
+
+
 def print_bench(report) -> None:
     table = Table("engine", "prefill ms", "decode tok/s b1", "decode tok/s b8", "resident MB", "roofline b1")
     for r in report["results"]:

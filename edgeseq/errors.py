@@ -65,3 +65,21 @@ class GenerateError(EdgeseqError):
     """Bad generation input: empty, out-of-vocabulary ids, too long, bad sampling values."""
 
     stage = "generate"
+
+
+# The kinds of GenerateError a server answers differently (edgeseq/serving maps them to HTTP
+# statuses); each is still a GenerateError for callers that catch that.
+class QueueFullError(GenerateError):
+    """The scheduler's queue is at max_queue: retry later."""
+
+
+class DeadlineError(GenerateError):
+    """The request's deadline passed before it finished."""
+
+
+class StepError(GenerateError):
+    """A decode step failed inside the engine (a graph, a stage worker): not the caller's input."""
+
+
+class ModelClosedError(GenerateError):
+    """The model was closed, or its scheduler stopped, before the request finished."""

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from edgeseq.errors import GenerateError
+from edgeseq.errors import GenerateError, StepError
 
 from .artifact import Artifact
 from .backend import Backend
@@ -102,7 +102,7 @@ class Engine:
         except GenerateError:
             raise
         except Exception as e:  # the backend's own error types
-            raise GenerateError(f"graph {graph!r} failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+            raise StepError(f"graph {graph!r} failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
                                 "the requests of this step failed; the model keeps serving others") from e
 
     def feeds(self, n: int) -> dict[str, dict]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseq.errors import GenerateError
+from edgeseq.errors import GenerateError, ModelClosedError
 
 from .artifact import Artifact
 from .backend import Backend
@@ -27,6 +27,36 @@ from .text import TextCodec, no_tokenizer_error, text_codec
 
 POLL_S = 1.0  # how often a waiting caller checks that the scheduler is still alive
 OPEN_MODELS: "weakref.WeakSet[LoadedModel]" = weakref.WeakSet()  # not yet closed (tests close leftovers)
+
+
+class TokenStream:
+    """One request's tokens as an iterator. `close()` may be called from any thread, also
+    while another thread waits in `next()` (a server whose client went away): the row is
+    dropped at the next step and the waiting `next()` ends the iteration."""
+
+    def __init__(self, seq: Sequence, events: Iterator[int]):
+        self.seq = seq
+        self._events = events
+
+    def __iter__(self) -> "TokenStream":
+        return self
+
+    def __next__(self) -> int:
+        try:
+            return next(self._events)
+        except BaseException:
+            self.seq.cancel()
+            raise
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.seq.tokens
+
+    def close(self) -> None:
+        self.seq.cancel()
+
+    def __del__(self) -> None:
+        self.seq.cancel()
 
 
 class LoadedModel:
@@ -92,7 +122,7 @@ class LoadedModel:
                 item = seq.events.get(timeout=POLL_S)
             except queue.Empty:
                 if not self.scheduler.thread.is_alive():
-                    raise GenerateError("the model's scheduler is not running", "load the model again") from None
+                    raise ModelClosedError("the model's scheduler is not running", "load the model again") from None
                 continue
             if item is FINISHED:
                 return
@@ -129,21 +159,16 @@ class LoadedModel:
         return result
 
     def stream(self, input_ids, max_new_tokens: int = 32, stop_tokens: list[int] | None = None,
-               sampling: SamplingOptions | None = None, timeout: float | None = None) -> Iterator[int]:
-        """Yield one prompt's token ids as soon as each is chosen. Closing the iterator early
-        (or dropping it) cancels the request; its cache row is freed at the next step."""
+               sampling: SamplingOptions | None = None, timeout: float | None = None) -> "TokenStream":
+        """Yield one prompt's token ids as soon as each is chosen. Closing the stream early
+        (`close()`, from any thread, or dropping it) cancels the request; its cache row is
+        freed at the next step."""
         seqs = self._sequences(input_ids, max_new_tokens, stop_tokens, sampling, False, timeout)
         if len(seqs) != 1:
             raise GenerateError(f"stream takes one prompt, not {len(seqs)}", "call stream once per prompt, or generate for a batch")
         (seq,) = seqs
         self.scheduler.submit([seq])
-        return self._stream(seq)
-
-    def _stream(self, seq: Sequence) -> Iterator[int]:
-        try:
-            yield from self._events(seq)
-        finally:
-            seq.cancel()
+        return TokenStream(seq, self._events(seq))
 
     # ----- the once-per-request graph alone (bench, parity) -------------------------------------
     def encode(self, rows: list[list[int]]):

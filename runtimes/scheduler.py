@@ -12,10 +12,18 @@ and stops every thread.
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
-from edgeseq.errors import EdgeseqError, GenerateError
+from edgeseq.errors import (
+    DeadlineError,
+    EdgeseqError,
+    GenerateError,
+    ModelClosedError,
+    QueueFullError,
+    StepError,
+)
 
 from .engine import Engine
 from .sampling import choose_next
@@ -34,6 +42,9 @@ class Scheduler:
         self.closed = False
         self.steps = 0  # batched steps run, and rows over them: their ratio is the mean batch size
         self.rows_stepped = 0
+        # called with the batch size after every decode step, on the scheduler thread (a
+        # server's metrics); an observer must be quick and must not raise
+        self.step_observers: list[Callable[[int], None]] = []
         self.thread = threading.Thread(target=self._loop, name="edgeseq-scheduler", daemon=True)
         self.thread.start()
 
@@ -41,9 +52,9 @@ class Scheduler:
     def submit(self, seqs: list[Sequence]) -> None:
         with self.wakeup:
             if self.closed:
-                raise GenerateError("the model is closed", "load the artifact again")
+                raise ModelClosedError("the model is closed", "load the artifact again")
             if len(self.waiting) + len(seqs) > self.max_queue:
-                raise GenerateError(
+                raise QueueFullError(
                     f"the request queue is full ({len(self.waiting)} waiting, limit {self.max_queue})",
                     "retry later, or load the model with a larger max_queue",
                 )
@@ -63,7 +74,7 @@ class Scheduler:
             self.closed = True
             self.wakeup.notify()
         self.thread.join(timeout)
-        closed = GenerateError("the model was closed while this request was queued or running", "load it again")
+        closed = ModelClosedError("the model was closed while this request was queued or running", "load it again")
         for seq in [*self.waiting, *self.engine.cache.owners]:
             self._finish(seq, closed)
         self.waiting.clear()
@@ -81,7 +92,7 @@ class Scheduler:
             try:
                 self._iteration(admit)
             except BaseException as e:  # a bug here must not leave callers waiting forever
-                error = e if isinstance(e, EdgeseqError) else GenerateError(f"internal scheduler error: {e!r}", "report this")
+                error = e if isinstance(e, EdgeseqError) else StepError(f"internal scheduler error: {e!r}", "report this")
                 for seq in [*admit, *self.engine.cache.owners]:
                     self._finish(seq, error)
 
@@ -111,6 +122,8 @@ class Scheduler:
             return
         self.steps += 1
         self.rows_stepped += len(rows)
+        for observe in self.step_observers:
+            observe(len(rows))
         self._choose(rows, logits)
 
     def _drop_if_gone(self, seq: Sequence, now: float) -> bool:
@@ -118,7 +131,7 @@ class Scheduler:
             self._finish(seq)
             return True
         if seq.expired(now):
-            self._finish(seq, GenerateError(
+            self._finish(seq, DeadlineError(
                 f"the request's deadline passed after {len(seq.tokens)} of {seq.max_new_tokens} tokens",
                 "allow a longer timeout, or ask for fewer tokens"))
             return True
@@ -140,4 +153,4 @@ class Scheduler:
 def _as_generate_error(e: Exception) -> GenerateError:
     if isinstance(e, GenerateError):
         return e
-    return GenerateError(f"decoding failed: {e!r}", "the requests of this step failed; the model keeps serving")
+    return StepError(f"decoding failed: {e!r}", "the requests of this step failed; the model keeps serving")

@@ -1,0 +1,129 @@
+"""What both protocols share: checking a request, submitting its rows, collecting tokens.
+
+Submission happens on the event loop (it only validates and queues, so a full queue is a
+429 at once); waiting for tokens happens in worker threads. Every request's outcome and
+timings go to the server's metrics.
+"""
+
+import time
+from dataclasses import dataclass
+
+from edgeseq.errors import EdgeseqError, GenerateError
+from edgeseq.runtimes import SamplingOptions
+from edgeseq.runtimes.text import no_tokenizer_error
+
+from .http_errors import HTTPProblem, from_edgeseq, status_of
+from .limits import ServeLimits
+from .metrics import ServerMetrics
+
+OUTCOMES = {400: "bad_request", 404: "bad_request", 413: "bad_request", 422: "bad_request", 429: "queue_full",
+            500: "error", 503: "unavailable", 504: "deadline"}
+
+
+@dataclass
+class Request:
+    rows: list[list[int]]
+    max_tokens: int
+    stop: list[int] | None  # None: the model's eos
+    sampling: SamplingOptions
+    started: float  # time.perf_counter() at arrival
+
+    def stops(self, eos: int) -> set[int]:
+        return {eos} if self.stop is None else set(self.stop)
+
+
+class Generation:
+    def __init__(self, model, limits: ServeLimits, metrics: ServerMetrics):
+        self.model, self.limits, self.metrics = model, limits, metrics
+
+    # ----- checks ---------------------------------------------------------------------------------
+    def rows(self, prompt) -> tuple[list[list[int]], bool]:
+        """A prompt (text, ids, or a list of either) as id rows; True when it was text."""
+        items = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else [prompt]
+        if not items or (isinstance(prompt, list) and not prompt):
+            raise HTTPProblem(400, "the prompt is empty", "send text, or a list of token ids")
+        if len(items) > self.limits.max_rows:
+            raise HTTPProblem(400, f"{len(items)} prompts in one request; this server takes at most {self.limits.max_rows}",
+                              "split the prompts over several requests")
+        is_text = isinstance(items[0], str)
+        if any(isinstance(item, str) != is_text for item in items):
+            raise HTTPProblem(400, "the prompts mix text and token ids", "send all prompts as text or all as ids")
+        if is_text:
+            if not self.model.has_tokenizer:
+                raise from_edgeseq(no_tokenizer_error(self.model.artifact.path.name))
+            return [self.model.encode_text(item) for item in items], True
+        return [list(item) for item in items], False
+
+    def options(self, max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None) -> SamplingOptions:
+        if max_tokens < 1:
+            raise HTTPProblem(400, f"max_tokens={max_tokens} must be >= 1", "ask for at least one token")
+        if max_tokens > self.limits.max_tokens:
+            raise HTTPProblem(400, f"max_tokens={max_tokens} is over this server's cap of {self.limits.max_tokens}",
+                              f"ask for at most {self.limits.max_tokens} tokens")
+        if temperature < 0:
+            raise HTTPProblem(400, f"temperature={temperature} must be >= 0", "use 0 for greedy decoding")
+        sampling = SamplingOptions(temperature > 0, temperature if temperature > 0 else 1.0, top_k, top_p, seed)
+        try:
+            sampling.validate()
+        except GenerateError as e:
+            raise from_edgeseq(e) from None
+        return sampling
+
+    # ----- running ----------------------------------------------------------------------------------
+    def start(self, request: Request) -> list:
+        """Submit every row (one stream each); on a failure none stays queued."""
+        streams = []
+        try:
+            for row in request.rows:
+                streams.append(self.model.stream(row, request.max_tokens, request.stop, request.sampling,
+                                                 timeout=self.limits.timeout_s))
+        except EdgeseqError as e:
+            for stream in streams:
+                stream.close()
+            raise from_edgeseq(e) from None
+        self.metrics.prompt_tokens.inc(sum(len(r) for r in request.rows))
+        return streams
+
+    def collect(self, request: Request, streams: list) -> list[list[int]]:
+        """Block until every row is done (a worker thread); records token timings."""
+        try:
+            for stream in streams:
+                self.consume(request, stream)
+        except EdgeseqError as e:
+            for stream in streams:
+                stream.close()
+            raise from_edgeseq(e) from None
+        return [stream.tokens for stream in streams]
+
+    def consume(self, request: Request, stream) -> None:
+        """Every token of one row, timed."""
+        first = True
+        while self.consume_one(request, stream, None, first):
+            first = False
+
+    def consume_one(self, request: Request, stream, on_token, first: bool) -> bool:
+        """Wait for the row's next token and time it; False when the row is done."""
+        token = next(stream, None)
+        if token is None:
+            return False
+        now = time.perf_counter()
+        if first:
+            self.metrics.time_to_first_token.observe(now - request.started)
+        else:
+            self.metrics.time_per_output_token.observe(now - stream.last_token_at)
+        stream.last_token_at = now
+        self.metrics.generated_tokens.inc()
+        if on_token is not None:
+            on_token(token)
+        return True
+
+    def record(self, request_started: float, status: int | None = None, outcome: str | None = None) -> None:
+        """Count a finished request: `status` 200 or an error status, or an explicit outcome."""
+        self.metrics.requests.labels(outcome or ("ok" if status == 200 else OUTCOMES.get(status, "error"))).inc()
+        self.metrics.request_seconds.observe(time.perf_counter() - request_started)
+
+
+def problem_status(error: Exception) -> int:
+    if isinstance(error, HTTPProblem):
+        return error.status
+    return status_of(error) if isinstance(error, EdgeseqError) else 500

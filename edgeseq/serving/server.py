@@ -1,0 +1,38 @@
+"""`edgeseq serve`: load an artifact and serve it with uvicorn until SIGTERM or Ctrl-C.
+
+On SIGTERM uvicorn stops accepting connections and lets the requests in flight finish
+(up to the drain timeout); then the model closes and the process exits 0.
+"""
+
+import signal
+from pathlib import Path
+
+from .app import build_app
+from .limits import ServeLimits
+
+
+def run_server(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
+               limits: ServeLimits | None = None, threads: int | None = None, max_batch: int = 32,
+               max_queue: int = 256, target: str = "ort-cpu", on_ready=None) -> None:
+    import uvicorn
+
+    from edgeseq.runtimes import load
+
+    limits = limits or ServeLimits()
+    model = load(artifact, target=target, threads=threads, max_batch=max_batch, max_queue=max_queue)
+    name = name or Path(artifact).resolve().name
+    app = build_app(model, name, limits, close_model=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=limits.drain_timeout_s, lifespan="on")
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+        on_ready(name)
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler it found at
+    # start: make that one a no-op, so a drained server exits 0 instead of dying by the signal
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        model.close()  # idempotent; covers a failure before the lifespan ran

@@ -1,0 +1,261 @@
+"""`edgeseq serve` for real: a uvicorn process on an ephemeral port of 127.0.0.1, driven over
+HTTP (httpx, the openai client, tritonclient), its answers compared with `load().generate`
+on the same artifact (tests/fixtures/nash-t5-tiny, which has a tokenizer). Every process
+started here is stopped; every request has a timeout."""
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from edgeseq.runtimes import load
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "nash-t5-tiny"
+NAME = "tiny"
+LONG = 4000  # tokens: keeps a row busy for a few seconds (this model has no max_positions)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(*options: str):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "edgeseq.cli", "serve", str(FIXTURE), "--port", str(port),
+                                "--name", NAME, *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {process.communicate(timeout=5)}")
+            time.sleep(0.2)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def url():
+    with server("--max-rows", "4", "--max-tokens", "5000", "--max-body-bytes", "4096") as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with load(FIXTURE) as model:
+        yield model
+
+
+def complete(url, **body) -> httpx.Response:
+    return httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+
+
+def metric(url: str, name: str, labels: str = "") -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_greedy_results_equal_generate(url, reference):
+    prompts = [[5, 17, 3, 9], [40, 2], [7] * 12]
+    r = complete(url, prompt=prompts, max_tokens=12, temperature=0, stop=[])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = reference.generate(prompts, max_new_tokens=12, stop_tokens=[]).tokens
+    assert [c["token_ids"] for c in body["choices"]] == expected
+    assert [c["finish_reason"] for c in body["choices"]] == ["length"] * 3
+    assert body["usage"] == {"prompt_tokens": 18, "completion_tokens": 36, "total_tokens": 54}
+    # text in, text out, through the artifact's tokenizer
+    r = complete(url, prompt="the cat sat on the mat.", max_tokens=8, temperature=0)
+    ids = reference.encode_text("the cat sat on the mat.")
+    tokens = reference.generate([ids], max_new_tokens=8).tokens[0]
+    assert r.json()["choices"][0]["token_ids"] == tokens
+    assert r.json()["choices"][0]["text"] == reference.decode_text(tokens)
+    # seeded sampling is reproducible and equals the library's
+    r = complete(url, prompt=[5, 6, 7], max_tokens=10, temperature=0.8, top_k=20, seed=3, stop=[])
+    from edgeseq.runtimes import SamplingOptions
+
+    sampled = reference.generate([[5, 6, 7]], 10, [], SamplingOptions(True, 0.8, 20, 1.0, 3)).tokens[0]
+    assert r.json()["choices"][0]["token_ids"] == sampled
+
+
+def test_stream_sends_generates_tokens_in_order_then_done(url, reference):
+    expected = reference.generate([[11, 12, 13]], max_new_tokens=10, stop_tokens=[]).tokens[0]
+    events = []
+    with httpx.stream("POST", f"{url}/v1/completions", timeout=60,
+                      json={"prompt": [11, 12, 13], "max_tokens": 10, "temperature": 0, "stop": [], "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[len("data: "):])
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e)["choices"][0] for e in events[:-1]]
+    assert [t for c in chunks for t in c["token_ids"]] == expected
+    assert chunks[-1]["finish_reason"] == "length" and all(c["finish_reason"] is None for c in chunks[:-1])
+    assert "".join(c["text"] for c in chunks) == reference.decode_text(expected)
+
+
+@pytest.mark.parametrize("body,status,message", [
+    ({"prompt": [500], "max_tokens": 3}, 400, "outside the vocabulary"),
+    ({"prompt": [5], "max_tokens": 6000}, 400, "over this server's cap of 5000"),
+    ({"prompt": [[5]] * 5, "max_tokens": 2}, 400, "at most 4"),
+    ({"prompt": [5], "max_tokens": "many"}, 422, "max_tokens"),
+    ({"prompt": [5], "temperature": -1}, 400, "temperature=-1"),
+    ({"prompt": [5], "model": "other"}, 404, "not served here"),
+    ({"prompt": []}, 400, "empty"),
+    ({"prompt": [[5], [6]], "stream": True}, 400, "stream takes one prompt"),
+    ({"max_tokens": 3}, 422, "prompt"),
+])
+def test_bad_requests_get_json_errors_that_name_the_fix(url, body, status, message):
+    r = complete(url, **body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert message in error["message"] and error["fix"] and error["code"] == status
+
+
+def test_body_over_the_limit_is_413_and_the_server_keeps_serving(url, reference):
+    r = httpx.post(f"{url}/v1/completions", content=json.dumps({"prompt": [5] * 3000}), timeout=30,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "4096 bytes" in r.json()["error"]["message"]
+    r = httpx.post(f"{url}/v1/completions", content=b"{not json", timeout=30, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["fix"]
+    assert complete(url, prompt=[5], max_tokens=2, temperature=0).status_code == 200
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_row(url):
+    cancelled = metric(url, "edgeseq_requests_total", '{outcome="cancelled"}')
+    with httpx.stream("POST", f"{url}/v1/completions", timeout=60,
+                      json={"prompt": [5, 6], "max_tokens": LONG, "stream": True, "stop": []}) as r:
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        assert metric(url, "edgeseq_active_rows") == 1
+    deadline = time.monotonic() + 20
+    while metric(url, "edgeseq_active_rows") != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric(url, "edgeseq_active_rows") == 0
+    assert metric(url, "edgeseq_requests_total", '{outcome="cancelled"}') == cancelled + 1
+
+
+def test_concurrent_clients_share_decode_steps(url, reference):
+    prompts = [[5 + i, 9, 3 + i] for i in range(8)]
+    expected = reference.generate(prompts, max_new_tokens=200, stop_tokens=[]).tokens
+    steps, rows = metric(url, "edgeseq_batch_size_count"), metric(url, "edgeseq_batch_size_sum")
+    results = [None] * 8
+
+    def client(i):
+        results[i] = complete(url, prompt=prompts[i], max_tokens=200, temperature=0, stop=[]).json()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [r["choices"][0]["token_ids"] for r in results] == expected
+    mean_batch = (metric(url, "edgeseq_batch_size_sum") - rows) / (metric(url, "edgeseq_batch_size_count") - steps)
+    assert mean_batch > 1
+
+
+def test_openai_client(url, reference):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+    completion = client.completions.create(model=NAME, prompt=[5, 17, 3], max_tokens=6, temperature=0)
+    expected = reference.generate([[5, 17, 3]], max_new_tokens=6).tokens[0]
+    assert completion.choices[0].token_ids == expected
+    assert completion.choices[0].text == reference.decode_text(expected)
+    pieces = client.completions.create(model=NAME, prompt="the cat", max_tokens=5, temperature=0, stream=True)
+    assert "".join(p.choices[0].text for p in pieces) == reference.decode_text(
+        reference.generate([reference.encode_text("the cat")], max_new_tokens=5).tokens[0])
+
+
+def test_tritonclient_over_the_v2_protocol(url, reference):
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=url.removeprefix("http://"), connection_timeout=30, network_timeout=60)
+    try:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)
+        meta = client.get_model_metadata(NAME)
+        assert {i["name"] for i in meta["inputs"]} >= {"input_ids", "text"}
+        ids = np.array([[5, 17, 3, 9], [40, 2, -1, -1]], dtype=np.int64)
+        inputs = [triton.InferInput("input_ids", list(ids.shape), "INT64"),
+                  triton.InferInput("max_tokens", [1], "INT32")]
+        inputs[0].set_data_from_numpy(ids)  # the binary tensor extension, tritonclient's default
+        inputs[1].set_data_from_numpy(np.array([7], dtype=np.int32))
+        result = client.infer(NAME, inputs, parameters={"stop": []})
+        expected = reference.generate([[5, 17, 3, 9], [40, 2]], max_new_tokens=7, stop_tokens=[]).tokens
+        assert result.as_numpy("output_ids").tolist() == expected
+        assert result.as_numpy("output_lengths").tolist() == [7, 7]
+        with pytest.raises(triton.InferenceServerException, match="not served here"):
+            client.infer("other", inputs)
+    finally:
+        client.close()
+    r = httpx.post(f"{url}/v2/models/{NAME}/infer", json={"inputs": [{"name": "x", "shape": [1], "datatype": "INT64",
+                                                                       "data": [1]}]}, timeout=30)
+    assert r.status_code == 400 and "no input named input_ids or text" in r.json()["error"]
+
+
+def test_queue_full_is_429():
+    with server("--max-batch", "1", "--max-queue", "1", "--max-tokens", str(LONG)) as (url, _):
+        # one running row (a stream held open) and one queued: the next request has no room
+        with httpx.stream("POST", f"{url}/v1/completions", timeout=60,
+                          json={"prompt": [5], "max_tokens": LONG, "stream": True, "stop": []}) as running:
+            lines = running.iter_lines()  # kept: dropping the iterator would close the connection
+            assert next(line for line in lines if line.startswith("data: "))
+            queued = threading.Thread(target=complete, args=(url,), kwargs={"prompt": [6], "max_tokens": 5}, daemon=True)
+            queued.start()
+            deadline = time.monotonic() + 20
+            while metric(url, "edgeseq_queue_depth") < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            r = complete(url, prompt=[7], max_tokens=5)
+            assert r.status_code == 429 and r.headers["Retry-After"] == "1", r.text
+            assert "queue is full" in r.json()["error"]["message"]
+        queued.join(30)
+        assert complete(url, prompt=[5], max_tokens=3).status_code == 200
+        assert metric(url, "edgeseq_requests_total", '{outcome="queue_full"}') == 1
+
+
+def test_deadline_is_504():
+    with server("--timeout", "0.5", "--max-tokens", str(10 * LONG)) as (url, _):
+        r = complete(url, prompt=[5], max_tokens=10 * LONG, stop=[])
+        assert r.status_code == 504 and "deadline passed" in r.json()["error"]["message"], r.text
+        assert complete(url, prompt=[5], max_tokens=3).status_code == 200
+        assert metric(url, "edgeseq_requests_total", '{outcome="deadline"}') == 1
+
+
+def test_sigterm_drains_the_requests_in_flight_then_exits():
+    with server("--max-tokens", "2000") as (url, process):
+        result = {}
+
+        def client():
+            result["response"] = complete(url, prompt=[5, 6], max_tokens=1500, stop=[], temperature=0)
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while metric(url, "edgeseq_active_rows") < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        thread.join(60)
+        assert process.wait(timeout=60) == 0
+        assert result["response"].status_code == 200
+        assert len(result["response"].json()["choices"][0]["token_ids"]) == 1500
