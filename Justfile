@@ -21,6 +21,7 @@ bench:
     .venv/bin/python benchmarks/nash.py
     .venv/bin/python benchmarks/engine.py
     .venv/bin/python benchmarks/attention_kernels.py
+    .venv/bin/python benchmarks/serving.py
 
 lint:
     bash scripts/setup.sh

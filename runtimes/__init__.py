@@ -14,7 +14,7 @@ continuously (scheduler.py); the loaded model checks requests and hands out resu
 import os
 from pathlib import Path
 
-from edgeseq.errors import LoadError
+from edgeseq.errors import EdgeseqError, LoadError
 from edgeseq.graph_spec import DECODE_SHAPES
 
 from .artifact import FORMAT_VERSION, Artifact, read_artifact
@@ -42,6 +42,19 @@ def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, 
     Use it as a context manager, or call `close()`, to stop its threads.
     """
     artifact = read_artifact(path, verify=verify)
+    try:
+        return _build(artifact, target, threads, schedule, low_memory, max_batch, max_queue)
+    except EdgeseqError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as e:
+        # the checksums cover the graphs and weights, not the manifest itself: a hand-edited
+        # or damaged manifest is named as such, never a traceback from deep in the engine
+        raise LoadError(f"the manifest of {artifact.path} is malformed ({type(e).__name__}: {e})",
+                        "recompile the artifact with `edgeseq compile`") from e
+
+
+def _build(artifact: Artifact, target: str, threads: int | None, schedule: str, low_memory: bool, max_batch: int,
+           max_queue: int) -> LoadedModel:
     decode = artifact.manifest["decode"]
     if decode["shape"] not in DECODE_SHAPES:
         raise LoadError(f"artifact decode shape {decode['shape']!r} has no engine in this edgeseq",
@@ -57,8 +70,17 @@ def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, 
     # one session at a time may spin its threads between kernels; concurrent stages must not
     # (an idle stage's spinning threads would steal the busy one's cores)
     backend = make_backend(artifact, target, total, {g: per_stage for g in steps}, low_memory, spin=not concurrent)
-    engine = Engine(artifact, backend, max_batch, steps, concurrent, handoffs)
-    return LoadedModel(artifact, backend, engine, Scheduler(engine, max_batch, max_queue))
+    try:
+        engine = Engine(artifact, backend, max_batch, steps, concurrent, handoffs)
+    except BaseException:
+        backend.close()
+        raise
+    try:
+        return LoadedModel(artifact, backend, engine, Scheduler(engine, max_batch, max_queue))
+    except BaseException:
+        engine.close()
+        backend.close()
+        raise
 
 
 def recurrent_step(artifact: Artifact) -> tuple[list[str], dict[str, str]]:

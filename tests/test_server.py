@@ -6,9 +6,6 @@ started here is stopped; every request has a timeout."""
 import json
 import re
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -19,39 +16,17 @@ import numpy as np
 import pytest
 from edgeseq.runtimes import load
 
+from edgeseq.serving.process import serve_process
+
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "nash-t5-tiny"
 NAME = "tiny"
 LONG = 4000  # tokens: keeps a row busy for a few seconds (this model has no max_positions)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def server(*options: str):
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "edgeseq.cli", "serve", str(FIXTURE), "--port", str(port),
-                                "--name", NAME, *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {process.communicate(timeout=5)}")
-            time.sleep(0.2)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=30)
+    with serve_process(FIXTURE, "--name", NAME, *options) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +234,73 @@ def test_sigterm_drains_the_requests_in_flight_then_exits():
         assert process.wait(timeout=60) == 0
         assert result["response"].status_code == 200
         assert len(result["response"].json()["choices"][0]["token_ids"]) == 1500
+
+
+@contextmanager
+def in_process_server(model):
+    """The app on uvicorn in a thread of this process (so a test can reach into the model)."""
+    import uvicorn
+
+    from edgeseq.serving import build_app
+    from edgeseq.serving.process import free_port, is_ready
+
+    port = free_port()
+    app = build_app(model, NAME)
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not is_ready(url) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        uv.should_exit = True
+        thread.join(30)
+
+
+def test_a_failing_step_fails_only_its_requests_with_500():
+    model = load(FIXTURE)
+    real_run = model.engine.backend.run
+    fail = threading.Event()
+
+    def run(graph, feeds):  # the injected fault: the decoder step raises once
+        if fail.is_set() and graph == "decoder_step":
+            fail.clear()
+            raise RuntimeError("injected fault")
+        return real_run(graph, feeds)
+
+    model.engine.backend.run = run
+    try:
+        with in_process_server(model) as url:
+            expected = model.generate([[5, 6, 7]], max_new_tokens=6).tokens[0]
+            fail.set()
+            r = complete(url, prompt=[5, 6, 7], max_tokens=6, temperature=0)
+            assert r.status_code == 500, r.text
+            assert "decoder_step" in r.json()["error"]["message"] and "injected fault" in r.json()["error"]["message"]
+            r = complete(url, prompt=[5, 6, 7], max_tokens=6, temperature=0)
+            assert r.status_code == 200 and r.json()["choices"][0]["token_ids"] == expected
+            assert metric(url, "edgeseq_requests_total", '{outcome="error"}') == 1
+    finally:
+        model.close()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("edgeseq")]
+
+
+@pytest.mark.slow
+def test_load_32_clients_x_20_requests_match_single_calls():
+    from edgeseq.runtimes import SamplingOptions
+
+    from edgeseq.serving.load import load_report, mixed_requests
+    from edgeseq.serving.process import resident_mb
+
+    with load(FIXTURE) as model:
+        requests = mixed_requests(32 * 20, model.config["vocab_size"])
+        expected = {id(r): model.generate([r.prompt], r.max_tokens, [], SamplingOptions(
+            r.temperature > 0, r.temperature or 1.0, r.top_k, 1.0, r.seed)).tokens[0] for r in requests}
+    with server("--max-queue", "1024") as (url, process):
+        report = load_report(url, lambda r: expected[id(r)], requests, 32, rss=lambda: resident_mb(process.pid))
+    print(json.dumps(report, indent=2))
+    assert report["mismatches"] == 0
+    assert report["resident_growth"] < 0.10
+    assert report["mean_batch_size"] > 1
