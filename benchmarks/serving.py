@@ -16,9 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
+from edgeseq.runtimes import SamplingOptions, load
 from engine import build
 
-from edgeseq.runtimes import SamplingOptions, load
 from edgeseq.serving.load import batching_report, load_report, mixed_requests
 from edgeseq.serving.process import resident_mb, serve_process
 
@@ -54,8 +54,8 @@ def main() -> None:
         report[name] = measure(artifact, args.threads)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n| model | 8 clients tok/s | 1 client tok/s | speedup | mean batch | load req/s | p50 s | p99 s | "
-          f"mismatches | RSS growth |\n|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| model | 8 clients tok/s | 1 client tok/s | speedup | mean batch | load req/s | p50 s | p99 s | "
+          "mismatches | RSS growth |\n|---|---|---|---|---|---|---|---|---|---|")
     for name in ("red-small", "nash-t5-tiny"):
         b, lo = report[name]["batching"], report[name]["load"]
         print(f"| {name} | {b['tokens_per_s']:.0f} | {b['one_client_tokens_per_s']:.0f} | {b['speedup']:.2f}x | "
