@@ -329,6 +329,30 @@ def serve(artifact, host, port, name, max_batch, max_queue, timeout, max_tokens,
     run_server(artifact, host, port, name, limits, threads, max_batch, max_queue, target, on_ready=ready)
 
 
+@cli.group()
+def deploy():
+    """Write the deployment config of an artifact for a serving platform."""
+
+
+@deploy.command(name="ray")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Folder for serve_config.yaml.")
+@click.option("--replicas", default=1, show_default=True, type=int, help="Replicas, each with its own model and scheduler.")
+@click.option("--threads", default=1, show_default=True, type=int, help="Intra-op threads per replica (its num_cpus).")
+@click.option("--name", default=None, help="Model name in the API (default: the artifact folder's name).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where Ray's HTTP proxy binds (0.0.0.0 for a cluster).")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@handle_errors
+def deploy_ray(artifact, out, replicas, threads, name, host, port, force):
+    """Write a Ray Serve config (DIR/serve_config.yaml) that `serve run` accepts."""
+    from edgeseq.serving.ray_deployment import write_serve_config
+
+    path = write_serve_config(artifact, out, replicas, threads, name, host, port, force)
+    out_console.print(f"wrote {path}: `serve run {path}` on a Ray cluster with the `ray` extra "
+                      f"({replicas} replicas x {threads} threads)")
+
+
 def print_bench(report) -> None:
     table = Table("engine", "prefill ms", "decode tok/s b1", "decode tok/s b8", "resident MB", "roofline b1")
     for r in report["results"]:

@@ -22,6 +22,8 @@ class SamplingOptions:
             raise GenerateError(f"top_k={self.top_k} must be >= 0", "use 0 to disable top-k")
         if not 0 < self.top_p <= 1:
             raise GenerateError(f"top_p={self.top_p} must be in (0, 1]", "use 1.0 to disable nucleus sampling")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise GenerateError(f"seed={self.seed} must be a non-negative integer", "use e.g. seed=0, or none")
 
 
 def choose_next(logits: np.ndarray, options: SamplingOptions, rng: np.random.Generator) -> np.ndarray:

@@ -96,6 +96,7 @@ def test_stream_sends_generates_tokens_in_order_then_done(url, reference):
     ({"prompt": [[5]] * 5, "max_tokens": 2}, 400, "at most 4"),
     ({"prompt": [5], "max_tokens": "many"}, 422, "max_tokens"),
     ({"prompt": [5], "temperature": -1}, 400, "temperature=-1"),
+    ({"prompt": [5], "temperature": 0.5, "seed": -1}, 400, "seed=-1"),
     ({"prompt": [5], "model": "other"}, 404, "not served here"),
     ({"prompt": []}, 400, "empty"),
     ({"prompt": [[5], [6]], "stream": True}, 400, "stream takes one prompt"),
