@@ -65,3 +65,9 @@ def exact_match(predicted: list[list[int]], target: np.ndarray) -> float:
     for row, want in zip(predicted, target.tolist()):
         hits += row[: len(want)] == want
     return hits / len(target)
+
+
+# PASTA's multi-query composition task lives in pasta_task.py; its entry points are here too
+from .pasta_task import PastaExample, PastaTask, pasta_check, pasta_examples  # noqa: E402
+
+__all__ = ["CompositionTask", "PastaExample", "PastaTask", "exact_match", "pasta_check", "pasta_examples"]

@@ -306,3 +306,18 @@ def test_load_32_clients_x_20_requests_match_single_calls():
     assert report["mismatches"] == 0
     assert report["resident_growth"] < 0.10
     assert report["mean_batch_size"] > 1
+
+
+def test_a_prompt_longer_than_max_positions_is_400():
+    """The fixture has no practical position limit: the same model with a small one."""
+    model = load(FIXTURE)
+    model.config["max_positions"] = 8
+    try:
+        with in_process_server(model) as url:
+            r = complete(url, prompt=list(range(5, 15)), max_tokens=2)
+            assert r.status_code == 400 and "longer than max_positions=8" in r.json()["error"]["message"], r.text
+            r = complete(url, prompt=[5, 6], max_tokens=20)
+            assert r.status_code == 400 and "exceeds max_positions=8" in r.json()["error"]["message"], r.text
+            assert complete(url, prompt=[5, 6], max_tokens=2).status_code == 200
+    finally:
+        model.close()

@@ -1,0 +1,174 @@
+"""PASTA's task: multi-query composition, written in PASTA-LANG (DESIGN §1 "PASTA").
+
+A prompt holds L lookup tables over [n] (the composition task's encoding) and k
+independent queries (k = 1..4), each with its own depth d (1..L). The answer of query i
+is f_d(...f_1(x_i)). A PASTA answer:
+
+    main:   <promise topic= q_i tokens= N_i />   (one per query)   <sync/>  v_1 .. v_k  eos
+    chunk i: <async> x_i f_1(x_i) .. f_d(..) </async>
+
+Spliced (each chunk right after its promise, as the main thread sees it after the sync):
+    P_1 C_1 P_2 C_2 .. P_k C_k <sync/> v_1 .. v_k eos
+
+Each chunk starts by copying its query (keyed by the topic token, which the prompt also
+carries), so every later chunk token is one lookup keyed by the token just read; the
+final values copy each chunk's last value. Tags are several tokens each, as a real
+tokenizer would split them. N is the chunk's true length (its tokens with both tags) in
+most examples and off by 1 or 2 in a fraction, so a model sees overruns and short chunks.
+Deterministic for a seed. numpy only (the runtime's parser shares the vocabulary).
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PAD, BOS, EOS, SEP, QUERY = 0, 1, 2, 3, 4
+PROMISE, TOPIC, TOKENS, CLOSE, ASYNC, END_ASYNC, SYNC = 5, 6, 7, 8, 9, 10, 11
+MAX_QUERIES = 4
+TOPIC_BASE = 12  # topic ids q1..q4
+MAX_NUMBER = 16
+NUMBER_BASE = TOPIC_BASE + MAX_QUERIES  # numbers 1..16 (promised lengths, depths)
+FIRST_VALUE = NUMBER_BASE + MAX_NUMBER  # values 0..n-1
+
+TAG_TOKENS = {"<promise": PROMISE, "topic=": TOPIC, "tokens=": TOKENS, "/>": CLOSE, "<async>": ASYNC,
+              "</async>": END_ASYNC, "<sync/>": SYNC}
+
+
+def number(n: int) -> int:
+    if not 1 <= n <= MAX_NUMBER:
+        raise ValueError(f"{n} is outside the number tokens 1..{MAX_NUMBER}")
+    return NUMBER_BASE + n - 1
+
+
+def topic(i: int) -> int:
+    return TOPIC_BASE + i
+
+
+@dataclass(frozen=True)
+class PastaTask:
+    n_functions: int = 3  # L: tables, and the deepest query
+    n_values: int = 8  # n
+    off_fraction: float = 0.2  # examples whose promised lengths are off by 1..2
+
+    @property
+    def vocab_size(self) -> int:
+        return FIRST_VALUE + self.n_values
+
+    def vocabulary(self) -> dict[str, int]:
+        """Every token's name (what `edgeseq inspect` shows for a PASTA artifact)."""
+        names = {"<pad>": PAD, "<bos>": BOS, "<eos>": EOS, "<sep>": SEP, "<query>": QUERY, **TAG_TOKENS}
+        names |= {f"q{i + 1}": topic(i) for i in range(MAX_QUERIES)}
+        names |= {str(n): number(n) for n in range(1, MAX_NUMBER + 1)}
+        names |= {f"v{v}": FIRST_VALUE + v for v in range(self.n_values)}
+        return names
+
+
+@dataclass
+class PastaExample:
+    prompt: list[int]  # tables, queries, then bos
+    answer: list[int]  # the k final values (token ids)
+    queries: list[tuple[int, int]]  # (x, depth) per query
+    chunks: list[list[int]] = field(default_factory=list)  # <async> .. </async> per query
+    promised: list[int] = field(default_factory=list)  # N per promise
+
+    def promise(self, i: int) -> list[int]:
+        return [PROMISE, TOPIC, topic(i), TOKENS, number(self.promised[i]), CLOSE]
+
+    @property
+    def main(self) -> list[int]:
+        """The main thread's own tokens, in order (without chunk content)."""
+        return [t for i in range(len(self.queries)) for t in self.promise(i)] + [SYNC, *self.answer, EOS]
+
+    @property
+    def spliced(self) -> list[int]:
+        """The full answer as the main thread sees it after the sync (the training target)."""
+        out = []
+        for i, chunk in enumerate(self.chunks):
+            out += self.promise(i) + chunk
+        return out + [SYNC, *self.answer, EOS]
+
+
+def pasta_examples(count: int, seed: int, task: PastaTask | None = None, k: int | None = None) -> list[PastaExample]:
+    """`count` examples; k (the number of queries) drawn from 1..4 unless given."""
+    task = task or PastaTask()
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        queries_k = k or int(rng.integers(1, MAX_QUERIES + 1))
+        tables = rng.integers(0, task.n_values, size=(task.n_functions, task.n_values))
+        prompt = []
+        for table in tables:
+            prompt += [FIRST_VALUE + int(v) for v in table] + [SEP]
+        queries, chunks, answer, promised = [], [], [], []
+        off = rng.random() < task.off_fraction
+        for i in range(queries_k):
+            x, depth = int(rng.integers(0, task.n_values)), int(rng.integers(1, task.n_functions + 1))
+            prompt += [QUERY, topic(i), number(depth), FIRST_VALUE + x]
+            chain, value = [x], x
+            for f in range(depth):
+                value = int(tables[f, value])
+                chain.append(value)
+            chunk = [ASYNC, *(FIRST_VALUE + v for v in chain), END_ASYNC]
+            length = len(chunk)
+            if off:
+                length = max(1, length + int(rng.choice([-2, -1, 1, 2])))
+            queries.append((x, depth))
+            chunks.append(chunk)
+            answer.append(FIRST_VALUE + value)
+            promised.append(length)
+        out.append(PastaExample(prompt + [BOS], answer, queries, chunks, promised))
+    return out
+
+
+def parse_spliced(ids: list[int]) -> tuple[list[tuple[int, int, list[int]]], list[int]] | None:
+    """A spliced PASTA answer -> ([(topic index, promised N, chunk values)], final values),
+    or None when it is not well-formed: k promises each followed by its chunk, the topics
+    q1..qk in order, then <sync/>, k values and eos."""
+    at, threads = 0, []
+
+    def take(expected: int) -> bool:
+        nonlocal at
+        if at < len(ids) and ids[at] == expected:
+            at += 1
+            return True
+        return False
+
+    while at < len(ids) and ids[at] == PROMISE:
+        at += 1
+        if not take(TOPIC) or at >= len(ids) or ids[at] != topic(len(threads)):
+            return None
+        at += 1
+        if not take(TOKENS) or at >= len(ids) or not NUMBER_BASE <= ids[at] < FIRST_VALUE:
+            return None
+        promised = ids[at] - NUMBER_BASE + 1
+        at += 1
+        if not take(CLOSE) or not take(ASYNC):
+            return None
+        values = []
+        while at < len(ids) and ids[at] >= FIRST_VALUE:
+            values.append(ids[at] - FIRST_VALUE)
+            at += 1
+        if not values or not take(END_ASYNC):
+            return None
+        threads.append((len(threads), promised, values))
+    if not threads or not take(SYNC):
+        return None
+    finals = [t - FIRST_VALUE for t in ids[at : at + len(threads)]]
+    if len(finals) != len(threads) or any(v < 0 for v in finals):
+        return None
+    at += len(threads)
+    if not take(EOS) or at != len(ids):
+        return None
+    return threads, finals
+
+
+def pasta_check(example: PastaExample, output_ids: list[int]) -> dict[str, bool]:
+    """Whether generated ids (the spliced answer, up to and including eos; anything after
+    eos is ignored) are well-formed PASTA-LANG, and whether their final values are right."""
+    ids = [int(t) for t in output_ids]
+    if EOS in ids:
+        ids = ids[: ids.index(EOS) + 1]
+    parsed = parse_spliced(ids)
+    well_formed = parsed is not None and len(parsed[0]) == len(example.queries)
+    correct = well_formed and [FIRST_VALUE + v for v in parsed[1]] == example.answer
+    return {"well_formed": well_formed, "correct": correct}
