@@ -234,8 +234,12 @@ class StagFormerModel(nn.Module):
         return self_allowed, torch.cat([null, memory_allowed], dim=-1)
 
     # ----- whole-sequence pass (training, prefill, the parity reference) ---------------------
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor,
+                allowed: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Stacks one after another over the whole sequence (no cache).
+
+        `allowed` replaces the causal masks (PASTA's, models/pasta.py): (self_allowed
+        [B, 1, N, N], cross_allowed [B, 1, N, 1 + N-1]), in the layout `masks` returns.
 
         Returns logits [B, N, V], per stack its self caches, per stack k > 0 its cross
         caches over stack k-1's outputs at slots 0..N-2, and the handoffs: per stack, its
@@ -244,7 +248,7 @@ class StagFormerModel(nn.Module):
         """
         b, n = input_ids.shape
         x0 = self.embed(input_ids) + self.pos(positions)
-        self_allowed, cross_allowed = self.masks(attention_mask, n)
+        self_allowed, cross_allowed = allowed if allowed is not None else self.masks(attention_mask, n)
         c = self.config
         empty = self.empty_cache(b)
         previous = None

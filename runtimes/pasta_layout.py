@@ -48,8 +48,10 @@ class LayoutError(ValueError):
     """The document is not a well-formed spliced PASTA document."""
 
 
-def pasta_layout(ids: list[int], prompt_length: int, tags: PastaTags) -> Layout:
-    """The layout of prompt + spliced answer (`ids`), whose first `prompt_length` are the prompt."""
+def pasta_layout(ids: list[int], prompt_length: int, tags: PastaTags, partial: bool = False) -> Layout:
+    """The layout of prompt + spliced answer (`ids`), whose first `prompt_length` are the prompt.
+    `partial`: a document still being written may end inside a chunk or right after a
+    promise (what a sequential interpreter has at each step)."""
     n = len(ids)
     thread = np.full(n, MAIN, dtype=np.int64)
     positions = np.zeros(n, dtype=np.int64)
@@ -76,7 +78,8 @@ def pasta_layout(ids: list[int], prompt_length: int, tags: PastaTags) -> Layout:
                 if ids[i - 1] == tags.end_async:
                     break
             else:
-                raise LayoutError(f"chunk {j} has no </async>")
+                if not partial:
+                    raise LayoutError(f"chunk {j} has no </async>")
             next_main = base + promised + 1
             open_chunks.append(j)
             promised = None
@@ -92,7 +95,7 @@ def pasta_layout(ids: list[int], prompt_length: int, tags: PastaTags) -> Layout:
                 sync_of[j] = i
             open_chunks = []
         i += 1
-    if promised is not None:
+    if promised is not None and not partial:
         raise LayoutError("the last promise has no chunk")
 
     index = np.arange(n)

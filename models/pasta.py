@@ -1,0 +1,141 @@
+"""PASTA: the decoder-only model (StagFormer; p = 1 is the plain LM) with PASTA's masks.
+
+Training and the torch reference decode with the layout of runtimes/pasta_layout.py: a
+chunk sees the main thread up to its promise and itself, the main thread sees chunks only
+from the sync on, positions restart after each promise. Under StagFormer (p >= 2) stack
+k cross-attends to stack k-1's outputs at the tokens its query may see, itself excluded
+(the stagger: a token reads the previous stack's output of earlier tokens only).
+
+`generate_sequential` is the sequential interpreter: one thread at a time, each chunk
+decoded right after its promise (so the output is already spliced), with budgets on
+threads and chunk length; the parallel runtime must reproduce it token for token.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from edgeseq.runtimes.pasta_layout import LayoutError, PastaTags, pasta_layout
+
+from . import pasta_task as T
+from .pasta_task import PastaExample, PastaTask, pasta_check, pasta_examples
+
+TAGS = PastaTags(T.PROMISE, T.TOKENS, T.CLOSE, T.ASYNC, T.END_ASYNC, T.SYNC, T.NUMBER_BASE, T.MAX_NUMBER)
+
+
+@dataclass
+class Budgets:
+    max_threads: int = 4  # promises beyond this: the chunk is not forked (closed empty at once)
+    max_chunk_tokens: int = 12  # a chunk still open after this many tokens is closed
+    max_tokens: int = 96  # the whole spliced answer
+
+
+def batch_layout(docs: list[list[int]], prompt_lengths: list[int], partial: bool = False):
+    """Padded numpy arrays for documents: ids, positions, targets [B, T] and visible [B, T, T]."""
+    width = max(len(d) for d in docs)
+    ids = np.full((len(docs), width), T.PAD, dtype=np.int64)
+    positions = np.zeros_like(ids)
+    targets = np.full_like(ids, -1)
+    visible = np.zeros((len(docs), width, width), dtype=bool)
+    visible[:, np.arange(width), np.arange(width)] = True  # padding sees itself: no empty softmax
+    for b, (doc, p) in enumerate(zip(docs, prompt_lengths)):
+        lay = pasta_layout(doc, p, TAGS, partial=partial)
+        n = len(doc)
+        ids[b, :n], positions[b, :n], targets[b, :n] = doc, lay.positions, lay.targets
+        visible[b, :n, :n] = lay.visible
+    return ids, positions, targets, visible
+
+
+def masked_logits(model, ids, positions, visible) -> torch.Tensor:
+    """Logits [B, T, V] of a StagFormer model under PASTA's masks."""
+    ids, positions, visible = (torch.as_tensor(a) for a in (ids, positions, visible))
+    n = ids.shape[1]
+    self_allowed = visible[:, None]
+    # cross: stack k-1's outputs at slots 0..n-2 that the query sees, itself excluded
+    earlier = visible & ~torch.eye(n, dtype=torch.bool)[None]
+    null = torch.ones(ids.shape[0], 1, n, 1, dtype=torch.bool)
+    cross_allowed = torch.cat([null, earlier[:, None, :, : n - 1]], dim=-1)
+    logits, *_ = model(ids, positions, torch.ones_like(ids), allowed=(self_allowed, cross_allowed))
+    return logits
+
+
+class PastaCorpus:
+    """What `models.training.train` samples from: documents with their layouts packed as
+    (ids [B, T], extra [B, T, 2 + T]: positions, targets, visible)."""
+
+    def __init__(self, task: PastaTask | None = None):
+        self.task = task or PastaTask()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.task.vocab_size
+
+    def sample(self, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        examples = pasta_examples(batch, seed, self.task)
+        ids, positions, targets, visible = batch_layout([e.prompt + e.spliced for e in examples],
+                                                        [len(e.prompt) for e in examples])
+        return ids, np.concatenate([positions[..., None], targets[..., None], visible.astype(np.int64)], axis=-1)
+
+
+def pasta_loss(model, ids: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    positions, targets, visible = extra[..., 0], extra[..., 1], extra[..., 2:].bool()
+    logits = masked_logits(model, ids, positions, visible)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+
+
+def teacher_forced_accuracy(model, examples: list[PastaExample]) -> float:
+    """Fraction of examples whose every target token is the argmax (a cheap validation)."""
+    ids, positions, targets, visible = batch_layout([e.prompt + e.spliced for e in examples],
+                                                    [len(e.prompt) for e in examples])
+    with torch.no_grad():
+        predicted = masked_logits(model, ids, positions, visible).argmax(-1).numpy()
+    scored = targets >= 0
+    return float(np.mean([(predicted[b][scored[b]] == targets[b][scored[b]]).all() for b in range(len(examples))]))
+
+
+@torch.no_grad()
+def generate_sequential(model, prompt: list[int], budgets: Budgets | None = None) -> list[int]:
+    """The sequential interpreter (greedy): the spliced answer, eos included when reached."""
+    budgets = budgets or Budgets()
+    doc = list(prompt)
+    threads = 0
+    chunk_tokens = None  # tokens of the open chunk, None in the main thread
+    while len(doc) - len(prompt) < budgets.max_tokens:
+        if doc[-1] == T.CLOSE and chunk_tokens is None:  # a promise just closed: fork its chunk
+            threads += 1
+            if threads > budgets.max_threads:
+                doc += [T.ASYNC, T.END_ASYNC]  # over the budget: an empty chunk, closed at once
+                continue
+            doc.append(T.ASYNC)
+            chunk_tokens = 1
+            continue
+        try:
+            ids, positions, _, visible = batch_layout([doc], [len(prompt)], partial=True)
+        except LayoutError:
+            break  # the model wrote something the layout cannot place: stop (not well-formed)
+        if positions.max() >= model.config.max_positions:
+            break  # promised lengths pushed the positions past the model's table
+        token = int(masked_logits(model, ids, positions, visible)[0, -1].argmax())
+        if chunk_tokens is not None:
+            chunk_tokens += 1
+            if token == T.END_ASYNC or chunk_tokens >= budgets.max_chunk_tokens:
+                doc.append(T.END_ASYNC)
+                chunk_tokens = None
+                continue
+        doc.append(token)
+        if token == T.EOS and chunk_tokens is None:
+            break
+    return doc[len(prompt):]
+
+
+def held_out_report(model, examples: list[PastaExample], budgets: Budgets | None = None) -> dict:
+    """Well-formed and correct rates over examples, overall and per k."""
+    per_k: dict[int, list[dict]] = {}
+    for e in examples:
+        per_k.setdefault(len(e.queries), []).append(pasta_check(e, generate_sequential(model, e.prompt, budgets)))
+    rates = {k: {"n": len(v), "well_formed": np.mean([r["well_formed"] for r in v]),
+                 "correct": np.mean([r["correct"] for r in v])} for k, v in sorted(per_k.items())}
+    every = [r for v in per_k.values() for r in v]
+    return {"per_k": rates, "well_formed": float(np.mean([r["well_formed"] for r in every])),
+            "correct": float(np.mean([r["correct"] for r in every]))}
