@@ -101,8 +101,9 @@ def generate_sequential(model, prompt: list[int], budgets: Budgets | None = None
     doc = list(prompt)
     threads = 0
     chunk_tokens = None  # tokens of the open chunk, None in the main thread
+    last_main = len(doc) - 1  # the main thread goes on from its own last token, not a chunk's
     while len(doc) - len(prompt) < budgets.max_tokens:
-        if doc[-1] == T.CLOSE and chunk_tokens is None:  # a promise just closed: fork its chunk
+        if doc[-1] == T.CLOSE and chunk_tokens is None and last_main == len(doc) - 1:  # a promise closed: fork
             threads += 1
             if threads > budgets.max_threads:
                 doc += [T.ASYNC, T.END_ASYNC]  # over the budget: an empty chunk, closed at once
@@ -116,7 +117,8 @@ def generate_sequential(model, prompt: list[int], budgets: Budgets | None = None
             break  # the model wrote something the layout cannot place: stop (not well-formed)
         if positions.max() >= model.config.max_positions:
             break  # promised lengths pushed the positions past the model's table
-        token = int(masked_logits(model, ids, positions, visible)[0, -1].argmax())
+        at = len(doc) - 1 if chunk_tokens is not None else last_main
+        token = int(masked_logits(model, ids, positions, visible)[0, at].argmax())
         if chunk_tokens is not None:
             chunk_tokens += 1
             if token == T.END_ASYNC or chunk_tokens >= budgets.max_chunk_tokens:
@@ -124,8 +126,10 @@ def generate_sequential(model, prompt: list[int], budgets: Budgets | None = None
                 chunk_tokens = None
                 continue
         doc.append(token)
-        if token == T.EOS and chunk_tokens is None:
-            break
+        if chunk_tokens is None:
+            last_main = len(doc) - 1
+            if token == T.EOS:
+                break
     return doc[len(prompt):]
 
 

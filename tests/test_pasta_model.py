@@ -7,6 +7,7 @@ import torch
 from edgeseq.models import pasta_task as T
 from edgeseq.models.checkpoint import make_config
 from edgeseq.models.pasta import (
+    TAGS,
     Budgets,
     PastaCorpus,
     batch_layout,
@@ -16,6 +17,7 @@ from edgeseq.models.pasta import (
 )
 from edgeseq.models.registry import family_spec
 from edgeseq.models.tasks import pasta_examples
+from edgeseq.runtimes.pasta_layout import pasta_layout
 
 
 def tiny(stacks: int):
@@ -81,3 +83,27 @@ def test_the_sequential_interpreter_keeps_its_budgets():
         out = generate_sequential(model, e.prompt, budgets)
         assert len(out) <= budgets.max_tokens + 2
         assert out.count(T.ASYNC) <= out.count(T.CLOSE)
+
+
+@pytest.mark.parametrize("stacks", [1, 2])
+def test_every_interpreted_token_is_the_argmax_after_its_own_threads_last_token(stacks):
+    """Replay the interpreter's output under the layout: each token it chose is the argmax
+    of the logits at the previous token of the same thread (the main thread goes on from
+    its promise, not from the chunk spliced before it). Forced tokens are skipped: a
+    chunk's <async>, and a </async> that closed a chunk at its budget."""
+    model = tiny(stacks)
+    for e in pasta_examples(2, seed=23):
+        prompt = e.prompt
+        doc = prompt + e.spliced[:6]  # start inside the answer: after promise 1's `/>`
+        out = generate_sequential(model, doc, Budgets(max_chunk_tokens=4, max_tokens=16))
+        full = doc + out
+        ids, positions, _, visible = batch_layout([full], [len(prompt)], partial=True)
+        with torch.no_grad():
+            chosen = masked_logits(model, ids, positions, visible)[0].argmax(-1).tolist()
+        thread = pasta_layout(full, len(prompt), TAGS, partial=True).thread.tolist()
+        for i in range(len(doc), len(full)):
+            earlier = [j for j in range(i) if thread[j] == thread[i]]
+            if full[i] == T.ASYNC or not earlier or (full[i] == T.END_ASYNC and thread[i] >= 0
+                                                    and i - earlier[0] + 1 >= 4):
+                continue
+            assert full[i] == chosen[earlier[-1]], (i, full[i], chosen[earlier[-1]])
