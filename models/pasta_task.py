@@ -5,14 +5,17 @@ independent queries (k = 1..4), each with its own depth d (1..L). The answer of 
 is f_d(...f_1(x_i)). A PASTA answer:
 
     main:   <promise topic= q_i tokens= N_i />   (one per query)   <sync/>  v_1 .. v_k  eos
-    chunk i: <async> x_i f_1(x_i) .. f_d(..) </async>
+    chunk i: <async> f0:x_i f1:f_1(x_i) .. fd:f_d(..) </async>
 
 Spliced (each chunk right after its promise, as the main thread sees it after the sync):
     P_1 C_1 P_2 C_2 .. P_k C_k <sync/> v_1 .. v_k eos
 
 Each chunk starts by copying its query (keyed by the topic token, which the prompt also
-carries), so every later chunk token is one lookup keyed by the token just read; the
-final values copy each chunk's last value. Tags are several tokens each, as a real
+carries). Chunk values are typed: "fj:v" says "f_j(...) = v", so the next token is one
+lookup keyed by the token just read (table j+1 at index v, at a fixed place in the
+prompt). With plain values the model had to count its steps from `<async>`, whose
+position moves with every promise, and training plateaued at the third lookup. The final
+values copy each chunk's last value as plain values. Tags are several tokens each, as a real
 tokenizer would split them. N is the chunk's true length (its tokens with both tags) in
 most examples and off by 1 or 2 in a fraction, so a model sees overruns and short chunks.
 Deterministic for a seed. numpy only (the runtime's parser shares the vocabulary).
@@ -28,7 +31,7 @@ MAX_QUERIES = 4
 TOPIC_BASE = 12  # topic ids q1..q4
 MAX_NUMBER = 16
 NUMBER_BASE = TOPIC_BASE + MAX_QUERIES  # numbers 1..16 (promised lengths, depths)
-FIRST_VALUE = NUMBER_BASE + MAX_NUMBER  # values 0..n-1
+FIRST_VALUE = NUMBER_BASE + MAX_NUMBER  # values 0..n-1 (tables, queries, final answers)
 
 TAG_TOKENS = {"<promise": PROMISE, "topic=": TOPIC, "tokens=": TOKENS, "/>": CLOSE, "<async>": ASYNC,
               "</async>": END_ASYNC, "<sync/>": SYNC}
@@ -51,8 +54,16 @@ class PastaTask:
     off_fraction: float = 0.2  # examples whose promised lengths are off by 1..2
 
     @property
-    def vocab_size(self) -> int:
+    def typed_base(self) -> int:
+        """The id of "f0:0": typed chunk values follow the plain values."""
         return FIRST_VALUE + self.n_values
+
+    def typed(self, step: int, value: int) -> int:
+        return self.typed_base + step * self.n_values + value
+
+    @property
+    def vocab_size(self) -> int:
+        return self.typed_base + (self.n_functions + 1) * self.n_values
 
     def vocabulary(self) -> dict[str, int]:
         """Every token's name (what `edgeseq inspect` shows for a PASTA artifact)."""
@@ -60,6 +71,7 @@ class PastaTask:
         names |= {f"q{i + 1}": topic(i) for i in range(MAX_QUERIES)}
         names |= {str(n): number(n) for n in range(1, MAX_NUMBER + 1)}
         names |= {f"v{v}": FIRST_VALUE + v for v in range(self.n_values)}
+        names |= {f"f{j}:{v}": self.typed(j, v) for j in range(self.n_functions + 1) for v in range(self.n_values)}
         return names
 
 
@@ -108,7 +120,7 @@ def pasta_examples(count: int, seed: int, task: PastaTask | None = None, k: int 
             for f in range(depth):
                 value = int(tables[f, value])
                 chain.append(value)
-            chunk = [ASYNC, *(FIRST_VALUE + v for v in chain), END_ASYNC]
+            chunk = [ASYNC, *(task.typed(j, v) for j, v in enumerate(chain)), END_ASYNC]
             length = len(chunk)
             if off:
                 length = max(1, length + int(rng.choice([-2, -1, 1, 2])))
@@ -120,10 +132,11 @@ def pasta_examples(count: int, seed: int, task: PastaTask | None = None, k: int 
     return out
 
 
-def parse_spliced(ids: list[int]) -> tuple[list[tuple[int, int, list[int]]], list[int]] | None:
+def parse_spliced(ids: list[int], task: "PastaTask | None" = None) -> tuple[list[tuple[int, int, list[int]]], list[int]] | None:
     """A spliced PASTA answer -> ([(topic index, promised N, chunk values)], final values),
-    or None when it is not well-formed: k promises each followed by its chunk, the topics
-    q1..qk in order, then <sync/>, k values and eos."""
+    or None when it is not well-formed: k promises each followed by its chunk (typed values
+    f0:, f1:, .. in order), the topics q1..qk in order, then <sync/>, k plain values and eos."""
+    task = task or PastaTask()
     at, threads = 0, []
 
     def take(expected: int) -> bool:
@@ -145,8 +158,9 @@ def parse_spliced(ids: list[int]) -> tuple[list[tuple[int, int, list[int]]], lis
         if not take(CLOSE) or not take(ASYNC):
             return None
         values = []
-        while at < len(ids) and ids[at] >= FIRST_VALUE:
-            values.append(ids[at] - FIRST_VALUE)
+        while at < len(ids) and ids[at] == task.typed(len(values), (ids[at] - task.typed_base) % task.n_values) \
+                and len(values) <= task.n_functions:
+            values.append((ids[at] - task.typed_base) % task.n_values)
             at += 1
         if not values or not take(END_ASYNC):
             return None
@@ -154,7 +168,7 @@ def parse_spliced(ids: list[int]) -> tuple[list[tuple[int, int, list[int]]], lis
     if not threads or not take(SYNC):
         return None
     finals = [t - FIRST_VALUE for t in ids[at : at + len(threads)]]
-    if len(finals) != len(threads) or any(v < 0 for v in finals):
+    if len(finals) != len(threads) or any(not 0 <= v < task.n_values for v in finals):
         return None
     at += len(threads)
     if not take(EOS) or at != len(ids):

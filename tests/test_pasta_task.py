@@ -29,10 +29,11 @@ def test_every_example_answers_its_queries_through_its_chunks():
         tables = np.array(e.prompt[: task.n_functions * (task.n_values + 1)]).reshape(task.n_functions, -1)[:, :-1]
         for (x, depth), chunk, final in zip(e.queries, e.chunks, e.answer):
             value = x
+            assert chunk[0] == ASYNC and chunk[-1] == END_ASYNC and chunk[1] == task.typed(0, x)
             for f in range(depth):
                 value = tables[f, value] - FIRST_VALUE
-            assert chunk[0] == ASYNC and chunk[-1] == END_ASYNC and chunk[1] == FIRST_VALUE + x
-            assert chunk[-2] == final == FIRST_VALUE + value
+                assert chunk[2 + f] == task.typed(f + 1, value)  # "f_{f+1}:value": typed by its table
+            assert final == FIRST_VALUE + value and len(chunk) == depth + 3
         assert pasta_check(e, e.spliced) == {"well_formed": True, "correct": True}
         assert pasta_check(e, e.spliced + [7, 7]) == {"well_formed": True, "correct": True}  # after eos: ignored
 
@@ -59,6 +60,7 @@ def test_tags_are_several_tokens_and_the_vocabulary_names_them():
     (lambda s: s[: s.index(ASYNC) + 1] + s[s.index(ASYNC) + 1 :][: 0] + s[s.index(END_ASYNC):], False),  # empty chunk
     (lambda s: s[:-2] + [FIRST_VALUE + (s[-2] - FIRST_VALUE + 1) % 8, EOS], True),  # a wrong final value
     (lambda s: s[: s.index(SYNC) + 1] + [PROMISE] + s[s.index(SYNC) + 1 :], False),  # a tag among the finals
+    (lambda s: s[: s.index(ASYNC) + 1] + [s[s.index(ASYNC) + 1] + 8] + s[s.index(ASYNC) + 2 :], False),  # f1: first
 ])
 def test_the_checker_tells_malformed_and_wrong_apart(damage, well_formed):
     e = pasta_examples(1, seed=7, k=2)[0]
