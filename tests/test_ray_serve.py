@@ -37,6 +37,8 @@ def test_deploy_ray_writes_a_serve_config(tmp_path):
     assert config["http_options"]["host"] == "127.0.0.1"
     r = CliRunner().invoke(cli, ["deploy", "ray", str(FIXTURE), "-o", str(tmp_path / "d")])
     assert r.exit_code == 1 and "already exists" in r.output
+    r = CliRunner().invoke(cli, ["deploy", "ray", str(FIXTURE), "-o", str(tmp_path / "e"), "--replicas", "0"])
+    assert r.exit_code == 1 and "--replicas 0 and --threads 1 must be at least 1" in r.output
     r = CliRunner().invoke(cli, ["deploy", "ray", str(tmp_path / "nothing"), "-o", str(tmp_path / "e")])
     assert r.exit_code == 1 and "not an artifact folder" in r.output and not (tmp_path / "e").exists()
 

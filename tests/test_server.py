@@ -164,6 +164,35 @@ def test_openai_client(url, reference):
         reference.generate([reference.encode_text("the cat")], max_new_tokens=5).tokens[0])
 
 
+V2_INPUT = {"name": "input_ids", "datatype": "INT64"}
+
+
+@pytest.mark.parametrize("body,message", [
+    (b"{not json", "not valid JSON"),
+    (json.dumps({"inputs": "x"}).encode(), "has no 'inputs' list"),
+    (json.dumps({"inputs": [{"name": "input_ids"}]}).encode(), "needs name, shape and datatype"),
+    (json.dumps({"inputs": [{**V2_INPUT, "shape": [1, -2], "data": [5]}]}).encode(), "has shape"),
+    (json.dumps({"inputs": [{**V2_INPUT, "shape": [1, 3], "data": [5, 6]}]}).encode(), "2 values for shape [1, 3]"),
+    (json.dumps({"inputs": [{**V2_INPUT, "shape": [1, 1], "datatype": "FP8", "data": [5]}]}).encode(), "datatype 'FP8'"),
+    (json.dumps({"inputs": [{**V2_INPUT, "shape": [1, 1], "parameters": {"binary_data_size": 64}}]}).encode(),
+     "says 64 binary bytes"),
+    (json.dumps({"inputs": [{**V2_INPUT, "shape": [1, 1], "data": [5]}], "parameters": {"stop": "x"}}).encode(),
+     "'stop' must be a list"),
+])
+def test_bad_v2_requests_get_json_errors(url, body, message):
+    r = httpx.post(f"{url}/v2/models/{NAME}/infer", content=body, timeout=30)
+    assert r.status_code == 400 and message in r.json()["error"] and "Fix:" in r.json()["error"], r.text
+
+
+def test_serve_refuses_bad_limits():
+    from click.testing import CliRunner
+
+    from edgeseq.cli import cli
+
+    r = CliRunner().invoke(cli, ["serve", str(FIXTURE), "--max-tokens", "0"])
+    assert r.exit_code == 1 and "max_tokens=0 must be >= 1" in r.output, r.output
+
+
 def test_tritonclient_over_the_v2_protocol(url, reference):
     import tritonclient.http as triton
 

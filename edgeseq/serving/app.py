@@ -38,7 +38,6 @@ def build_app(model, name: str, limits: ServeLimits | None = None, close_model: 
             model.close()
 
     app = FastAPI(title=f"edgeseq: {name}", lifespan=lifespan)
-    app.state.model, app.state.metrics, app.state.limits = model, metrics, limits
     app.include_router(completion_router(generation, name))
     app.include_router(v2_router(generation, name))
 
@@ -46,9 +45,8 @@ def build_app(model, name: str, limits: ServeLimits | None = None, close_model: 
         return v2_error(problem) if request.url.path.startswith("/v2") else error_response(problem)
 
     def failed(request: Request, problem: HTTPProblem):
-        """Every error answer of /v1 is counted here (v2's infer counts its own)."""
-        if not request.url.path.startswith("/v2"):
-            metrics.requests.labels(OUTCOMES.get(problem.status, "error")).inc()
+        """Every error answer is counted here, in the shape of the path's protocol."""
+        metrics.requests.labels(OUTCOMES.get(problem.status, "error")).inc()
         return answer(request, problem)
 
     @app.exception_handler(HTTPProblem)

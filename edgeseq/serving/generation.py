@@ -12,7 +12,7 @@ from edgeseq.errors import EdgeseqError, GenerateError
 from edgeseq.runtimes import SamplingOptions
 from edgeseq.runtimes.text import no_tokenizer_error
 
-from .http_errors import HTTPProblem, from_edgeseq, status_of
+from .http_errors import HTTPProblem, from_edgeseq
 from .limits import ServeLimits
 from .metrics import ServerMetrics
 
@@ -37,8 +37,8 @@ class Generation:
         self.model, self.limits, self.metrics = model, limits, metrics
 
     # ----- checks ---------------------------------------------------------------------------------
-    def rows(self, prompt) -> tuple[list[list[int]], bool]:
-        """A prompt (text, ids, or a list of either) as id rows; True when it was text."""
+    def rows(self, prompt) -> list[list[int]]:
+        """A prompt (text, ids, or a list of either) as id rows."""
         items = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else [prompt]
         if not items or (isinstance(prompt, list) and not prompt):
             raise HTTPProblem(400, "the prompt is empty", "send text, or a list of token ids")
@@ -51,8 +51,8 @@ class Generation:
         if is_text:
             if not self.model.has_tokenizer:
                 raise from_edgeseq(no_tokenizer_error(self.model.artifact.path.name))
-            return [self.model.encode_text(item) for item in items], True
-        return [list(item) for item in items], False
+            return [self.model.encode_text(item) for item in items]
+        return [list(item) for item in items]
 
     def options(self, max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None) -> SamplingOptions:
         if max_tokens < 1:
@@ -97,33 +97,27 @@ class Generation:
 
     def consume(self, request: Request, stream) -> None:
         """Every token of one row, timed."""
-        first = True
-        while self.consume_one(request, stream, None, first):
-            first = False
+        at = None
+        while True:
+            token, at = self.next_token(request, stream, at)
+            if token is None:
+                return
 
-    def consume_one(self, request: Request, stream, on_token, first: bool) -> bool:
-        """Wait for the row's next token and time it; False when the row is done."""
+    def next_token(self, request: Request, stream, previous_at: float | None) -> tuple[int | None, float | None]:
+        """Wait for the row's next token and time it against the previous one (or, for the
+        first, against the request's arrival): (token, when), token None when the row is done."""
         token = next(stream, None)
         if token is None:
-            return False
+            return None, previous_at
         now = time.perf_counter()
-        if first:
+        if previous_at is None:
             self.metrics.time_to_first_token.observe(now - request.started)
         else:
-            self.metrics.time_per_output_token.observe(now - stream.last_token_at)
-        stream.last_token_at = now
+            self.metrics.time_per_output_token.observe(now - previous_at)
         self.metrics.generated_tokens.inc()
-        if on_token is not None:
-            on_token(token)
-        return True
+        return token, now
 
-    def record(self, request_started: float, status: int | None = None, outcome: str | None = None) -> None:
-        """Count a finished request: `status` 200 or an error status, or an explicit outcome."""
-        self.metrics.requests.labels(outcome or ("ok" if status == 200 else OUTCOMES.get(status, "error"))).inc()
+    def record(self, request_started: float, outcome: str) -> None:
+        """Count a request the routes answered themselves (errors are counted by the app)."""
+        self.metrics.requests.labels(outcome).inc()
         self.metrics.request_seconds.observe(time.perf_counter() - request_started)
-
-
-def problem_status(error: Exception) -> int:
-    if isinstance(error, HTTPProblem):
-        return error.status
-    return status_of(error) if isinstance(error, EdgeseqError) else 500

@@ -36,6 +36,10 @@ def error_body(problem: HTTPProblem) -> dict:
                       "code": problem.status}}
 
 
+def retry_after(problem: HTTPProblem) -> dict[str, str] | None:
+    """The header a full queue's 429 carries (both protocols)."""
+    return {"Retry-After": str(RETRY_AFTER_S)} if problem.status == 429 else None
+
+
 def error_response(problem: HTTPProblem) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if problem.status == 429 else None
-    return JSONResponse(error_body(problem), status_code=problem.status, headers=headers)
+    return JSONResponse(error_body(problem), status_code=problem.status, headers=retry_after(problem))

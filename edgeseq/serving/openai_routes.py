@@ -12,13 +12,13 @@ import time
 import uuid
 
 from anyio import to_thread
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeseq.errors import EdgeseqError
 
-from .generation import Generation
+from .generation import OUTCOMES, Generation
 from .generation import Request as GenRequest
 from .http_errors import HTTPProblem, error_body, from_edgeseq
 
@@ -56,13 +56,13 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
             raise HTTPProblem(404, f"model {body.model!r} is not served here", f"this server serves {name!r}")
         if body.n != 1:
             raise HTTPProblem(400, f"n={body.n} is not supported", "send n=1 (one completion per prompt)")
-        rows, _ = generation.rows(body.prompt)
+        rows = generation.rows(body.prompt)
         sampling = generation.options(body.max_tokens, body.temperature, body.top_p, body.top_k, body.seed)
         stop = [body.stop] if isinstance(body.stop, int) else body.stop
         return GenRequest(rows, body.max_tokens, stop, sampling, started)
 
     @router.post("/v1/completions")
-    async def completions(body: CompletionRequest, http: Request):
+    async def completions(body: CompletionRequest):
         started = time.perf_counter()
         request = parse(body, started)
         if body.stream and len(request.rows) != 1:
@@ -74,7 +74,7 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
             return StreamingResponse(sse(generation, request, streams[0], head, choice),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         tokens = await to_thread.run_sync(generation.collect, request, streams)  # errors: the app's handler counts them
-        generation.record(started, 200)
+        generation.record(started, "ok")
         completion = sum(len(t) for t in tokens)
         prompt = sum(len(r) for r in request.rows)
         return JSONResponse({**head, "choices": [choice(i, t, request) for i, t in enumerate(tokens)],
@@ -88,15 +88,14 @@ async def sse(generation: Generation, request: GenRequest, stream, head: dict, c
     """One event per token (the new text piece beside its id), a last event with the finish
     reason, then [DONE]. An error after the first byte is sent as an event of its own."""
     model = generation.model
-    sentinel = object()
     sent: list[int] = []  # what this stream has yielded (the row may already hold more)
     text_so_far = ""
+    at = None
     outcome = "cancelled"  # unless the loop below ends normally or with an error
-    status = None
     try:
         while True:
-            token = await to_thread.run_sync(_next_timed, generation, request, stream, sentinel, not sent)
-            if token is sentinel:
+            token, at = await to_thread.run_sync(generation.next_token, request, stream, at)
+            if token is None:
                 break
             sent.append(token)
             piece = {"index": 0, "token_ids": [token], "finish_reason": None}
@@ -104,25 +103,17 @@ async def sse(generation: Generation, request: GenRequest, stream, head: dict, c
                 text = model.decode_text(sent)
                 piece["text"], text_so_far = text[len(text_so_far):], text
             yield f"data: {json.dumps({**head, 'choices': [piece]})}\n\n"
-        last = choice(0, stream.tokens, request)
-        last.update(token_ids=[], text="" if model.has_tokenizer else None)
-        if not model.has_tokenizer:
-            last.pop("text")
+        last = {**choice(0, stream.tokens, request), "token_ids": []}
+        if "text" in last:
+            last["text"] = ""
         yield f"data: {json.dumps({**head, 'choices': [last]})}\n\n"
         yield "data: [DONE]\n\n"
-        outcome, status = None, 200
+        outcome = "ok"
     except EdgeseqError as e:
         problem = from_edgeseq(e)
-        outcome, status = None, problem.status
+        outcome = OUTCOMES.get(problem.status, "error")
         yield f"data: {json.dumps(error_body(problem))}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         stream.close()  # a disconnected client: the row is dropped at the next step
-        generation.record(request.started, status, outcome)
-
-
-def _next_timed(generation: Generation, request: GenRequest, stream, sentinel, first: bool):
-    """The next token (worker thread), its timing recorded; `sentinel` when the row is done."""
-    result = []
-    generation.consume_one(request, stream, result.append, first)
-    return result[0] if result else sentinel
+        generation.record(request.started, outcome)

@@ -17,9 +17,9 @@ from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from .generation import Generation, problem_status
+from .generation import Generation
 from .generation import Request as GenRequest
-from .http_errors import HTTPProblem
+from .http_errors import HTTPProblem, retry_after
 
 DTYPES = {"INT64": np.int64, "INT32": np.int32, "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8,
           "FP32": np.float32, "FP64": np.float64, "BOOL": np.bool_}
@@ -29,8 +29,7 @@ HEADER = "inference-header-content-length"
 def v2_error(problem: HTTPProblem) -> JSONResponse:
     """v2's error shape: {"error": message} (the fix appended)."""
     message = f"{problem.problem}. Fix: {problem.fix}" if problem.fix else problem.problem
-    return JSONResponse({"error": message}, status_code=problem.status,
-                        headers={"Retry-After": "1"} if problem.status == 429 else None)
+    return JSONResponse({"error": message}, status_code=problem.status, headers=retry_after(problem))
 
 
 def _bytes_elements(raw: bytes) -> list[str]:
@@ -139,20 +138,13 @@ def v2_router(generation: Generation, name: str) -> APIRouter:
     @router.post("/v2/models/{model_name}/versions/{version}/infer")
     async def infer(model_name: str, http: Request, version: str | None = None):
         started = time.perf_counter()
-        try:
-            check_name(model_name)
-            header = http.headers.get(HEADER)
-            head, tensors = parse_inputs(await http.body(), int(header) if header and header.isdigit() else None)
-            request = to_request(head, tensors, started)
-            streams = generation.start(request)
-            tokens = await to_thread.run_sync(generation.collect, request, streams)
-        except HTTPProblem as e:
-            generation.record(started, e.status)
-            return v2_error(e)
-        except Exception as e:  # an EdgeseqError not mapped yet, or a bug: counted, then answered by the app
-            generation.record(started, problem_status(e))
-            raise
-        generation.record(started, 200)
+        check_name(model_name)  # errors: the app answers them in v2's shape and counts them
+        header = http.headers.get(HEADER)
+        head, tensors = parse_inputs(await http.body(), int(header) if header and header.isdigit() else None)
+        request = to_request(head, tensors, started)
+        streams = generation.start(request)
+        tokens = await to_thread.run_sync(generation.collect, request, streams)
+        generation.record(started, "ok")
         longest = max(len(t) for t in tokens)
         ids = np.full((len(tokens), longest), -1, dtype=np.int64)
         for b, row in enumerate(tokens):
@@ -185,7 +177,7 @@ def v2_router(generation: Generation, name: str) -> APIRouter:
         else:
             raise HTTPProblem(400, f"no input named input_ids or text (got {', '.join(tensors) or 'none'})",
                               "send input_ids (INT64 [rows, length]) or text (BYTES [rows])")
-        rows, _ = generation.rows(prompt)
+        rows = generation.rows(prompt)
         max_tokens = params.get("max_tokens", 16)
         if "max_tokens" in tensors:
             values = np.asarray(tensors["max_tokens"]).reshape(-1)
