@@ -96,6 +96,23 @@ def _split_stages(graphs, model, target, split):
     return (split_stagformer_steps(graphs, model.config.n_stacks) if split else graphs), {}
 
 
+def _pasta_passes(graphs, model, target, split):
+    """StagFormer's stage split, and the manifest's "pasta" section: the tag ids the
+    runtime's parser and scheduler read, and the task vocabulary `inspect` shows."""
+    from edgeseq.models.pasta_task import TAGS, PastaTask
+
+    graphs, _ = _split_stages(graphs, model, target, split)
+    task = PastaTask()
+    vocabulary = task.vocabulary() if task.vocab_size == model.config.vocab_size else {}
+    return graphs, {"pasta": {"tags": TAGS.as_dict(), "vocabulary": vocabulary}}
+
+
+def _pasta_parity(*args, **kwargs):
+    from edgeseq.pasta_parity import pasta_parity
+
+    return pasta_parity(*args, **kwargs)
+
+
 def _red_exporter():
     from edgeseq.exporters.red import RedExporter
 
@@ -184,6 +201,11 @@ FAMILIES: dict[str, Family] = {
         "stagformer", "decoder stacks staggered in time",
         _has_family("stagformer"), _load_edgeseq, _stagformer_exporter, _split_stages, _decoder_only_parity,
         _init_edgeseq("stagformer"), _edgeseq_presets("stagformer"),
+    ),
+    "pasta": Family(
+        "pasta", "writes its own parallelism (promise/async/sync), decoded by the PASTA scheduler",
+        _has_family("pasta"), _load_edgeseq, _stagformer_exporter, _pasta_passes, _pasta_parity,
+        _init_edgeseq("pasta"), _edgeseq_presets("pasta"),
     ),
 }
 

@@ -7,28 +7,18 @@ k cross-attends to stack k-1's outputs at the tokens its query may see, itself e
 (the stagger: a token reads the previous stack's output of earlier tokens only).
 
 `generate_sequential` is the sequential interpreter: one thread at a time, each chunk
-decoded right after its promise (so the output is already spliced), with budgets on
-threads and chunk length; the parallel runtime must reproduce it token for token.
+decoded right after its promise (so the output is already spliced), with the budgets of
+runtimes/pasta_lang.py; the parallel runtime must reproduce it token for token.
 """
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from edgeseq.runtimes.pasta_layout import LayoutError, PastaTags, pasta_layout
+from edgeseq.runtimes.pasta_lang import Budgets, Kind, MainParser, chunk_token
+from edgeseq.runtimes.pasta_layout import pasta_layout
 
 from . import pasta_task as T
-from .pasta_task import PastaExample, PastaTask, pasta_check, pasta_examples
-
-TAGS = PastaTags(T.PROMISE, T.TOKENS, T.CLOSE, T.ASYNC, T.END_ASYNC, T.SYNC, T.NUMBER_BASE, T.MAX_NUMBER)
-
-
-@dataclass
-class Budgets:
-    max_threads: int = 4  # promises beyond this: the chunk is not forked (closed empty at once)
-    max_chunk_tokens: int = 12  # a chunk still open after this many tokens is closed
-    max_tokens: int = 96  # the whole spliced answer
+from .pasta_task import TAGS, PastaExample, PastaTask, pasta_check, pasta_examples
 
 
 def batch_layout(docs: list[list[int]], prompt_lengths: list[int], partial: bool = False):
@@ -95,42 +85,47 @@ def teacher_forced_accuracy(model, examples: list[PastaExample]) -> float:
 
 
 @torch.no_grad()
-def generate_sequential(model, prompt: list[int], budgets: Budgets | None = None) -> list[int]:
-    """The sequential interpreter (greedy): the spliced answer, eos included when reached."""
+def generate_sequential(model, prompt: list[int], budgets: Budgets | None = None, prefix: list[int] = ()) -> list[int]:
+    """The sequential interpreter (greedy): the spliced answer, eos included when reached.
+
+    One thread at a time, in the spliced document's order: the main thread until a promise
+    closes, then that chunk to its `</async>`, then the main thread again, which goes on
+    from its own last token (it never sees a chunk before the sync). Every token is read by
+    runtimes/pasta_lang.py's rules (malformed streams, chunk budgets, the answer's length
+    and position budgets). `prefix`: the answer's first tokens, given instead of decoded."""
     budgets = budgets or Budgets()
-    doc = list(prompt)
-    threads = 0
-    chunk_tokens = None  # tokens of the open chunk, None in the main thread
-    last_main = len(doc) - 1  # the main thread goes on from its own last token, not a chunk's
-    while len(doc) - len(prompt) < budgets.max_tokens:
-        if doc[-1] == T.CLOSE and chunk_tokens is None and last_main == len(doc) - 1:  # a promise closed: fork
-            threads += 1
-            if threads > budgets.max_threads:
-                doc += [T.ASYNC, T.END_ASYNC]  # over the budget: an empty chunk, closed at once
-                continue
-            doc.append(T.ASYNC)
-            chunk_tokens = 1
-            continue
-        try:
-            ids, positions, _, visible = batch_layout([doc], [len(prompt)], partial=True)
-        except LayoutError:
-            break  # the model wrote something the layout cannot place: stop (not well-formed)
-        if positions.max() >= model.config.max_positions:
-            break  # promised lengths pushed the positions past the model's table
-        at = len(doc) - 1 if chunk_tokens is not None else last_main
-        token = int(masked_logits(model, ids, positions, visible)[0, at].argmax())
-        if chunk_tokens is not None:
-            chunk_tokens += 1
-            if token == T.END_ASYNC or chunk_tokens >= budgets.max_chunk_tokens:
-                doc.append(T.END_ASYNC)
-                chunk_tokens = None
-                continue
+    start, doc, forced = len(prompt), list(prompt), list(prefix)
+    parser = MainParser(TAGS, model.config.vocab_size)
+    main_position, last_main = start, start - 1
+    chunk: int | None = None  # tokens of the open chunk so far, None in the main thread
+    chunk_position = 0
+    while len(doc) - start < budgets.max_tokens:
+        if (chunk_position if chunk is not None else main_position) >= model.config.max_positions:
+            break
+        if chunk == 0:
+            token = forced.pop(0) if forced else T.ASYNC  # a chunk always opens with <async>
+        elif forced:
+            token = forced.pop(0)
+        else:
+            ids, positions, _, visible = batch_layout([doc], [start], partial=True)
+            at = len(doc) - 1 if chunk is not None else last_main
+            token = int(masked_logits(model, ids, positions, visible)[0, at].argmax())
+            if chunk is not None:
+                token = chunk_token(TAGS, chunk, token, budgets.max_chunk_tokens)
         doc.append(token)
-        if chunk_tokens is None:
-            last_main = len(doc) - 1
-            if token == T.EOS:
-                break
-    return doc[len(prompt):]
+        if chunk is not None:
+            chunk, chunk_position = chunk + 1, chunk_position + 1
+            if token == T.END_ASYNC and chunk > 1:
+                chunk = None
+            continue
+        main_position, last_main = main_position + 1, len(doc) - 1
+        event = parser.feed(token)
+        if event.kind is Kind.FORK:
+            chunk, chunk_position = 0, main_position
+            main_position += event.promised  # the chunk takes p+1 .. p+N
+        elif event.kind in (Kind.END, Kind.MALFORMED):
+            break
+    return doc[start:]
 
 
 def held_out_report(model, examples: list[PastaExample], budgets: Budgets | None = None) -> dict:
@@ -138,8 +133,16 @@ def held_out_report(model, examples: list[PastaExample], budgets: Budgets | None
     per_k: dict[int, list[dict]] = {}
     for e in examples:
         per_k.setdefault(len(e.queries), []).append(pasta_check(e, generate_sequential(model, e.prompt, budgets)))
-    rates = {k: {"n": len(v), "well_formed": np.mean([r["well_formed"] for r in v]),
-                 "correct": np.mean([r["correct"] for r in v])} for k, v in sorted(per_k.items())}
-    every = [r for v in per_k.values() for r in v]
-    return {"per_k": rates, "well_formed": float(np.mean([r["well_formed"] for r in every])),
-            "correct": float(np.mean([r["correct"] for r in every]))}
+    return check_report(per_k)
+
+
+def check_report(per_k: dict[int, list[dict]]) -> dict:
+    """Rates from `pasta_check` results grouped by k: well-formed and all-correct per
+    example, and `queries`: the fraction of queries answered right."""
+    def rates(groups: dict[int, list[dict]]) -> dict:
+        every = [r for v in groups.values() for r in v]
+        asked = sum(k * len(v) for k, v in groups.items())
+        return {"n": len(every), "well_formed": float(np.mean([r["well_formed"] for r in every])),
+                "correct": float(np.mean([r["correct"] for r in every])),
+                "queries": sum(r["queries_correct"] for r in every) / asked}
+    return {"per_k": {k: rates({k: v}) for k, v in sorted(per_k.items())}, **rates(per_k)}

@@ -24,6 +24,7 @@ Deterministic for a seed. numpy only (the runtime's parser shares the vocabulary
 from dataclasses import dataclass, field
 
 import numpy as np
+from edgeseq.runtimes.pasta_lang import PastaTags
 
 PAD, BOS, EOS, SEP, QUERY = 0, 1, 2, 3, 4
 PROMISE, TOPIC, TOKENS, CLOSE, ASYNC, END_ASYNC, SYNC = 5, 6, 7, 8, 9, 10, 11
@@ -33,6 +34,8 @@ MAX_NUMBER = 16
 NUMBER_BASE = TOPIC_BASE + MAX_QUERIES  # numbers 1..16 (promised lengths, depths)
 FIRST_VALUE = NUMBER_BASE + MAX_NUMBER  # values 0..n-1 (tables, queries, final answers)
 
+TAGS = PastaTags(promise=PROMISE, topic=TOPIC, tokens=TOKENS, close=CLOSE, async_=ASYNC, end_async=END_ASYNC,
+                 sync=SYNC, eos=EOS, number_base=NUMBER_BASE, max_number=MAX_NUMBER)
 TAG_TOKENS = {"<promise": PROMISE, "topic=": TOPIC, "tokens=": TOKENS, "/>": CLOSE, "<async>": ASYNC,
               "</async>": END_ASYNC, "<sync/>": SYNC}
 
@@ -176,13 +179,15 @@ def parse_spliced(ids: list[int], task: "PastaTask | None" = None) -> tuple[list
     return threads, finals
 
 
-def pasta_check(example: PastaExample, output_ids: list[int]) -> dict[str, bool]:
+def pasta_check(example: PastaExample, output_ids: list[int]) -> dict:
     """Whether generated ids (the spliced answer, up to and including eos; anything after
-    eos is ignored) are well-formed PASTA-LANG, and whether their final values are right."""
+    eos is ignored) are well-formed PASTA-LANG, whether all their final values are right
+    (`correct`), and how many of the k queries got the right final value
+    (`queries_correct`, 0 when the output is not well-formed)."""
     ids = [int(t) for t in output_ids]
     if EOS in ids:
         ids = ids[: ids.index(EOS) + 1]
     parsed = parse_spliced(ids)
     well_formed = parsed is not None and len(parsed[0]) == len(example.queries)
-    correct = well_formed and [FIRST_VALUE + v for v in parsed[1]] == example.answer
-    return {"well_formed": well_formed, "correct": correct}
+    right = [FIRST_VALUE + v == a for v, a in zip(parsed[1], example.answer)] if well_formed else []
+    return {"well_formed": well_formed, "correct": well_formed and all(right), "queries_correct": sum(right)}

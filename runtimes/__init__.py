@@ -22,6 +22,8 @@ from .backend import TARGETS, make_backend
 from .decoding import GenerateResult
 from .engine import Engine
 from .model import LoadedModel
+from .pasta import SCHEDULES as PASTA_SCHEDULES
+from .pasta_model import PastaModel
 from .sampling import SamplingOptions
 from .scheduler import Scheduler
 
@@ -30,13 +32,16 @@ SCHEDULES = ("concurrent", "sequential", "recurrent")
 
 
 def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, verify: bool = True,
-         schedule: str = "concurrent", low_memory: bool = False, max_batch: int = 32,
-         max_queue: int = 256) -> LoadedModel:
+         schedule: str | None = None, low_memory: bool = False, max_batch: int = 32,
+         max_queue: int = 256) -> "LoadedModel | PastaModel":
     """Load a compiled artifact: verify it, create every session, start its scheduler.
 
     `threads` is the total intra-op thread budget (default: all cores); `schedule`
-    (decoder-only models split into stages) runs the stages of a step `concurrent`ly,
-    `sequential`ly, or `recurrent`ly (shared weights: the last stack alone); `low_memory`
+    (decoder-only models split into stages) runs the stages of a step `concurrent`ly
+    (the default), `sequential`ly, or `recurrent`ly (shared weights: the last stack
+    only). A PASTA artifact returns a PastaModel, whose `schedule` is how its threads
+    run: "parallel" (the default; split stages run concurrently) or "sequential" (the
+    interpreter's order); `low_memory`
     turns off ONNX Runtime's weight prepacking (about half the resident memory, slower at
     batch > 1); `max_batch` rows share a step at most, `max_queue` requests may wait.
     Use it as a context manager, or call `close()`, to stop its threads.
@@ -53,12 +58,15 @@ def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, 
                         "recompile the artifact with `edgeseq compile`") from e
 
 
-def _build(artifact: Artifact, target: str, threads: int | None, schedule: str, low_memory: bool, max_batch: int,
-           max_queue: int) -> LoadedModel:
+def _build(artifact: Artifact, target: str, threads: int | None, schedule: str | None, low_memory: bool,
+           max_batch: int, max_queue: int) -> "LoadedModel | PastaModel":
     decode = artifact.manifest["decode"]
     if decode["shape"] not in DECODE_SHAPES:
         raise LoadError(f"artifact decode shape {decode['shape']!r} has no engine in this edgeseq",
                         f"this edgeseq runs: {', '.join(DECODE_SHAPES)}; upgrade edgeseq")
+    if "pasta" in artifact.manifest:
+        return _build_pasta(artifact, target, threads, schedule or "parallel", low_memory, max_batch)
+    schedule = schedule or "concurrent"
     if schedule not in SCHEDULES:
         raise LoadError(f"unknown schedule {schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
     steps, handoffs = list(decode["step"]), {}
@@ -83,6 +91,30 @@ def _build(artifact: Artifact, target: str, threads: int | None, schedule: str, 
         raise
 
 
+def _build_pasta(artifact: Artifact, target: str, threads: int | None, schedule: str, low_memory: bool,
+                 max_batch: int) -> PastaModel:
+    """A PASTA artifact: its scheduler forks, steps and splices rows of one engine; the
+    stages of each step run concurrently under either thread schedule."""
+    if schedule not in PASTA_SCHEDULES:
+        raise LoadError(f"unknown PASTA schedule {schedule!r}", f"choose one of: {', '.join(PASTA_SCHEDULES)}")
+    steps = list(artifact.manifest["decode"]["step"])
+    concurrent = len(steps) > 1
+    total = threads or os.cpu_count() or 1
+    per_stage = max(1, total // len(steps)) if concurrent else total
+    backend = make_backend(artifact, target, total, {g: per_stage for g in steps}, low_memory, spin=not concurrent)
+    try:
+        engine = Engine(artifact, backend, max(max_batch, 2), steps, concurrent)
+    except BaseException:
+        backend.close()
+        raise
+    try:
+        return PastaModel(artifact, backend, engine, schedule)
+    except BaseException:
+        engine.close()
+        backend.close()
+        raise
+
+
 def recurrent_step(artifact: Artifact) -> tuple[list[str], dict[str, str]]:
     """Recurrent decoding (shared-weight StagFormer): each step runs the last stage alone, and
     its own output, not the previous stack's, becomes its next memory."""
@@ -101,5 +133,5 @@ def recurrent_step(artifact: Artifact) -> tuple[list[str], dict[str, str]]:
     return [last], {memory[0]["name"]: outputs.pop()}
 
 
-__all__ = ["SCHEDULES", "FORMAT_VERSION", "TARGETS", "Artifact", "GenerateResult", "LoadedModel", "SamplingOptions",
+__all__ = ["SCHEDULES", "PASTA_SCHEDULES", "FORMAT_VERSION", "PastaModel", "TARGETS", "Artifact", "GenerateResult", "LoadedModel", "SamplingOptions",
            "load", "read_artifact"]

@@ -210,15 +210,23 @@ class Engine:
             s.position += 1
         return self.backend.numpy(outputs[self.logits_output])[:, -1]
 
-    def fork(self, parent: Sequence, child: Sequence) -> None:
-        """`child` gets its own row holding a copy of `parent`'s caches and state."""
-        self.cache.fork(parent.slot, child)
+    def fork(self, parent: Sequence, child: Sequence, length: int | None = None,
+             state: dict[str, np.ndarray] | None = None) -> None:
+        """`child` gets its own row holding a copy of `parent`'s caches (the first `length`
+        slots when given) and state (`state` when given: a `cache.row_state` snapshot)."""
+        self.cache.fork(parent.slot, child, length, state)
         child.position = parent.position
         child.next_token = parent.next_token
 
     def splice(self, into: Sequence, source: Sequence, start: int, end: int) -> None:
         """Append `source`'s cache slots start..end-1 to `into`'s cache (visible next step)."""
         self.cache.splice(into.slot, source.slot, start, end)
+
+    @property
+    def lagging(self) -> bool:
+        """Whether some cache lags its row's length (StagFormer's cross caches): a row's last
+        token's entry there is written one step later."""
+        return any(spec.lag for spec in self.cache.specs.values())
 
     def release(self, seq: Sequence) -> None:
         if seq.slot is not None:

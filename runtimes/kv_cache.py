@@ -8,9 +8,10 @@ values it returns are written here, at each row's own slot, so rows of different
 share a step. Buffers grow in blocks (positions, source length and rows each double when
 full): a copy per doubling, never per step.
 
-Rows are forked (a new row gets a copy of another's caches: no recomputed prefix),
-spliced (one row's cache segment appended to another's, and made visible) and released
-(the last row moves into the freed slot so the active rows stay contiguous).
+Rows are forked (a new row gets a copy of another's cache prefix: no recomputed prefix),
+spliced (a cache segment of one row, or one copied aside earlier, appended to another's
+and made visible), swapped (so the rows a step runs come first) and released (the last
+row moves into the freed slot so the active rows stay contiguous).
 """
 
 from dataclasses import dataclass
@@ -119,36 +120,62 @@ class CacheManager:
         self.owners.pop()
         self.generation += 1  # the active views are one row shorter
 
-    def fork(self, slot: int, owner) -> int:
-        """A new row whose caches and state copy row `slot`'s (its prefix, not recomputed)."""
+    def swap(self, a: int, b: int) -> None:
+        """Exchange two active rows (every buffer, length and owner): how a scheduler puts the
+        rows it steps first, since a step runs slots 0..n-1."""
+        if a == b:
+            return
+        for buffer in self.buffers.values():
+            buffer[[a, b]] = buffer[[b, a]]
+        self.lengths[[a, b]] = self.lengths[[b, a]]
+        self.owners[a], self.owners[b] = self.owners[b], self.owners[a]
+        self.owners[a].slot, self.owners[b].slot = a, b
+
+    def row_state(self, slot: int) -> dict[str, np.ndarray]:
+        """A copy of a row's non-cache state (handoffs, encoder outputs): what a later fork
+        from this point needs besides the cache prefix."""
+        return {name: self.buffers[name][slot].copy() for name, spec in self.specs.items() if spec.role != "cache"}
+
+    def fork(self, slot: int, owner, length: int | None = None, state: dict[str, np.ndarray] | None = None) -> int:
+        """A new row whose caches copy row `slot`'s first `length` slots (default: all; its
+        prefix, not recomputed) and whose other state is `state` (default: row `slot`'s)."""
         new = self.add_row(owner)
-        length = int(self.lengths[slot])
+        length = int(self.lengths[slot]) if length is None else length
         for name, spec in self.specs.items():
             buffer = self.buffers[name]
             if spec.role == "cache":
                 buffer[new, :, : length - spec.lag] = buffer[slot, :, : length - spec.lag]
             else:
-                buffer[new] = buffer[slot]
+                buffer[new] = buffer[slot] if state is None else state[name]
         self.lengths[new] = length
         return new
 
-    def splice(self, into: int, source: int, start: int, end: int) -> None:
-        """Append row `source`'s self-cache slots start..end-1 to row `into`'s cache, visible
-        from the next step. Lagging caches (StagFormer's cross caches) move the same slots
-        shifted by their lag."""
-        count = end - start
+    def segment(self, slot: int, start: int, end: int) -> dict[str, np.ndarray]:
+        """A copy of row `slot`'s cache slots start..end-1, every cache buffer. A lagging
+        cache's entries for those slots must all be written (a finished chunk's last
+        entry needs one more step: runtimes/pasta.py flushes it)."""
+        return {name: self.buffers[name][slot, :, start:end].copy()
+                for name, spec in self.specs.items() if spec.role == "cache"}
+
+    def append(self, into: int, segment: dict[str, np.ndarray]) -> None:
+        """Append a segment to row `into`'s caches, visible from its next step. A lagging
+        cache holds `lag` fewer entries than the row's length (the rest are pending in the
+        row's handoff), so the segment goes right after the entries it has: the pending
+        ones land after it, and attention does not care about slot order."""
+        count = next(iter(segment.values())).shape[1] if segment else 0
         if count <= 0:
             return
         length = int(self.lengths[into])
         self.reserve("cache", length + count)
-        for name, spec in self.specs.items():
-            if spec.role != "cache":
-                continue
-            buffer = self.buffers[name]
-            lo, hi = max(start - spec.lag, 0), end - spec.lag
-            at = length - spec.lag
-            buffer[into, :, at : at + hi - lo] = buffer[source, :, lo:hi]
+        for name, values in segment.items():
+            at = length - self.specs[name].lag
+            self.buffers[name][into, :, at : at + count] = values
         self.lengths[into] = length + count
+
+    def splice(self, into: int, source: int, start: int, end: int) -> None:
+        """Append row `source`'s cache slots start..end-1 to row `into`'s (see `append`)."""
+        if end > start:
+            self.append(into, self.segment(source, start, end))
 
     # ----- writes ----------------------------------------------------------------------------
     def write_new(self, name: str, values: np.ndarray, n: int) -> None:

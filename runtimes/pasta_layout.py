@@ -19,21 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .pasta_lang import Kind, MainParser, PastaTags
+
 MAIN = -1
-
-
-@dataclass(frozen=True)
-class PastaTags:
-    """The token ids the layout needs (from models/pasta_task.py, or an artifact's manifest)."""
-
-    promise: int
-    tokens: int
-    close: int
-    async_: int
-    end_async: int
-    sync: int
-    number_base: int  # the id of the number 1
-    max_number: int
 
 
 @dataclass
@@ -50,8 +38,9 @@ class LayoutError(ValueError):
 
 def pasta_layout(ids: list[int], prompt_length: int, tags: PastaTags, partial: bool = False) -> Layout:
     """The layout of prompt + spliced answer (`ids`), whose first `prompt_length` are the prompt.
-    `partial`: a document still being written may end inside a chunk or right after a
-    promise (what a sequential interpreter has at each step)."""
+    `partial`: a document still being written may end inside a chunk, right after a
+    promise, or at the malformed main-thread token that stopped it (what a sequential
+    interpreter has at each step)."""
     n = len(ids)
     thread = np.full(n, MAIN, dtype=np.int64)
     positions = np.zeros(n, dtype=np.int64)
@@ -59,14 +48,15 @@ def pasta_layout(ids: list[int], prompt_length: int, tags: PastaTags, partial: b
     sync_of: dict[int, int] = {}  # chunk -> index of the <sync/> that splices it
     open_chunks: list[int] = []  # chunks not yet spliced by a sync
     promised: int | None = None  # N of the promise just closed
+    parser = MainParser(tags)
     next_main = 0
     chunk_count = 0
     i = 0
     while i < n:
         token = ids[i]
-        if i >= prompt_length and token == tags.async_:
-            if promised is None:
-                raise LayoutError(f"<async> at {i} does not follow a promise")
+        if promised is not None:  # a promise just closed: its chunk follows
+            if token != tags.async_:
+                raise LayoutError(f"the promise closed at {i - 1} is not followed by its chunk")
             j, base = chunk_count, next_main - 1  # base: the position of the promise's last token
             chunk_count += 1
             start[j] = i
@@ -75,7 +65,7 @@ def pasta_layout(ids: list[int], prompt_length: int, tags: PastaTags, partial: b
                 thread[i], positions[i] = j, base + 1 + k
                 k += 1
                 i += 1
-                if ids[i - 1] == tags.end_async:
+                if ids[i - 1] == tags.end_async and k > 1:
                     break
             else:
                 if not partial:
@@ -86,14 +76,18 @@ def pasta_layout(ids: list[int], prompt_length: int, tags: PastaTags, partial: b
             continue
         positions[i] = next_main
         next_main += 1
-        if i >= prompt_length and token == tags.close and promised is None:
-            promised = _promised_length(ids, i, tags)
-        elif promised is not None:
-            raise LayoutError(f"promise closed at {i - 1} is not followed by its chunk")
-        if i >= prompt_length and token == tags.sync:
-            for j in open_chunks:
-                sync_of[j] = i
-            open_chunks = []
+        if i >= prompt_length:
+            event = parser.feed(token)
+            if event.kind is Kind.MALFORMED and not (partial and i == n - 1):  # what ends a partial document
+                raise LayoutError(f"{event.reason} (at {i})")
+            if event.kind is Kind.FORK:
+                promised = event.promised
+            elif event.kind is Kind.SYNC:
+                for j in open_chunks:
+                    sync_of[j] = i
+                open_chunks = []
+            elif event.kind is Kind.END and i != n - 1:
+                raise LayoutError(f"tokens follow eos at {i}")
         i += 1
     if promised is not None and not partial:
         raise LayoutError("the last promise has no chunk")
@@ -119,15 +113,3 @@ def pasta_layout(ids: list[int], prompt_length: int, tags: PastaTags, partial: b
             targets[last[t]] = ids[i]
         last[t] = i
     return Layout(thread, positions, visible, targets)
-
-
-def _promised_length(ids: list[int], close_at: int, tags: PastaTags) -> int:
-    """N of the promise whose `/>` is at `close_at`: the number after its `tokens=`."""
-    j = close_at - 1
-    while j >= 0 and ids[j] != tags.promise:
-        if ids[j] == tags.tokens and j + 1 < close_at:
-            value = ids[j + 1] - tags.number_base + 1
-            if 1 <= value <= tags.max_number:
-                return value
-        j -= 1
-    raise LayoutError(f"the promise closed at {close_at} has no valid tokens= attribute")

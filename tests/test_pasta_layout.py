@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from edgeseq.models import pasta_task as T
 from edgeseq.models.tasks import pasta_examples
-from edgeseq.runtimes.pasta_layout import MAIN, LayoutError, PastaTags, pasta_layout
+from edgeseq.runtimes.pasta_layout import MAIN, LayoutError, pasta_layout
 
-TAGS = PastaTags(T.PROMISE, T.TOKENS, T.CLOSE, T.ASYNC, T.END_ASYNC, T.SYNC, T.NUMBER_BASE, T.MAX_NUMBER)
+TAGS = T.TAGS
 
 
 def layout_of(example):

@@ -34,8 +34,9 @@ def test_every_example_answers_its_queries_through_its_chunks():
                 value = tables[f, value] - FIRST_VALUE
                 assert chunk[2 + f] == task.typed(f + 1, value)  # "f_{f+1}:value": typed by its table
             assert final == FIRST_VALUE + value and len(chunk) == depth + 3
-        assert pasta_check(e, e.spliced) == {"well_formed": True, "correct": True}
-        assert pasta_check(e, e.spliced + [7, 7]) == {"well_formed": True, "correct": True}  # after eos: ignored
+        right = {"well_formed": True, "correct": True, "queries_correct": len(e.queries)}
+        assert pasta_check(e, e.spliced) == right
+        assert pasta_check(e, e.spliced + [7, 7]) == right  # after eos: ignored
 
 
 def test_promised_lengths_are_mostly_true_and_sometimes_off():
@@ -65,7 +66,8 @@ def test_tags_are_several_tokens_and_the_vocabulary_names_them():
 def test_the_checker_tells_malformed_and_wrong_apart(damage, well_formed):
     e = pasta_examples(1, seed=7, k=2)[0]
     result = pasta_check(e, damage(list(e.spliced)))
-    assert result == {"well_formed": well_formed, "correct": False}
+    # the wrong final value is one of the two queries; malformed outputs answer none
+    assert result == {"well_formed": well_formed, "correct": False, "queries_correct": 1 if well_formed else 0}
 
 
 def test_a_different_number_of_threads_is_not_well_formed():

@@ -1,0 +1,400 @@
+"""PASTA's scheduler: threads forked at promises, decoded together, spliced at the sync.
+
+Each document (one prompt) starts as one thread, main, on one engine row. The main
+thread's tokens go through PASTA-LANG's parser (runtimes/pasta_lang.py):
+- a promise's `/>` is fed like any token; right after that step the scheduler records a
+  fork point (the main row's cache length, and its handoff state), moves the main
+  thread's position to p + N + 1 and creates chunk j, which gets its own row as a copy
+  of that prefix (no recomputed prefix) and starts from a forced `<async>` at p + 1;
+- every running thread, of every document, is one row of the same batched engine step
+  (under StagFormer the stage sessions of that step run concurrently);
+- `<sync/>` (and eos) makes the main thread wait until its chunks have finished; at the
+  sync each chunk's cache segment is appended to the main row, then `<sync/>` is fed, so
+  from that token on the main thread sees every chunk, as in training;
+- a finished chunk's segment is copied aside and its row freed at once. Under StagFormer
+  a row's last token's cross-cache entry is written one step later, so a chunk closed by
+  `</async>` runs one more (flush) step before its segment is complete.
+
+Schedules: "parallel" steps every running thread at once; "sequential" is the
+interpreter's order (one thread at a time: a chunk runs to its end right after its
+promise, then the main thread goes on). Both use the same rules, so their greedy output
+is the same token for token, and it is that of the torch interpreter
+(models/pasta.py `generate_sequential`).
+
+Budgets (pasta_lang.Budgets): `max_live_threads` chunks decode at once per document,
+later promises wait for a row (forked from their snapshot when one frees); a chunk is
+closed at `max_chunk_tokens`; the spliced answer is cut at `max_tokens` tokens and at
+the model's positions, at the same index as the sequential interpreter would stop: a
+thread stops once its token is certainly past that index (its lower bound in the
+spliced order), and the spliced output is truncated at the first stop in document order.
+
+Sampling: each thread draws from its own RNG stream, seeded (seed, document, thread), so
+what a thread samples does not depend on which others share its steps.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeseq.errors import GenerateError
+
+from .engine import Engine
+from .pasta_lang import Budgets, Kind, MainParser, PastaTags, chunk_token
+from .sampling import SamplingOptions, choose_next
+from .sequence import Sequence
+
+MAIN = -1
+SCHEDULES = ("parallel", "sequential")
+
+
+@dataclass(eq=False)
+class Thread:
+    """One thread of a document: main, or chunk j (j = 0, 1, ... in promise order)."""
+
+    index: int
+    document: int  # its document's index
+    rng: np.random.Generator
+    tokens: list[int] = field(default_factory=list)  # main: after the prompt; chunk: <async> .. </async>
+    seq: Sequence | None = None  # its engine row while it has one
+    state: str = "pending"  # pending (no row yet), running, waiting, flushing, done, stopped
+    stop_reason: str = ""
+    logits: list[np.ndarray] = field(default_factory=list)  # per token, when recorded
+    # chunks: where they fork (the main row's cache length and state after its promise)
+    promised: int = 0
+    topic: int | None = None
+    fork_length: int = 0
+    fork_state: dict | None = None
+    fork_position: int = 0
+    main_before: int = 0  # main tokens up to and including the promise
+    # the timeline, in scheduler steps
+    promised_step: int = 0
+    forked_step: int | None = None
+    finished_step: int | None = None
+    waits: list[list[int]] = field(default_factory=list)  # [from, to] steps spent waiting (main)
+    segment: dict | None = None  # a finished chunk's cache slots, until the sync splices them
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "stopped")
+
+    def timeline(self, step_s: list[float]) -> dict:
+        def at(step):
+            return None if step is None else round(step_s[min(step, len(step_s) - 1)], 6)
+
+        out = {"thread": "main" if self.index == MAIN else self.index, "tokens": len(self.tokens),
+               "forked_step": self.forked_step, "forked_s": at(self.forked_step),
+               "finished_step": self.finished_step, "finished_s": at(self.finished_step),
+               "waits": [list(w) for w in self.waits], "stopped": self.stop_reason or None}
+        if self.index != MAIN:
+            out |= {"promised": self.promised, "promised_step": self.promised_step}
+        return out
+
+
+@dataclass(eq=False)
+class Document:
+    """One prompt's threads and its outcome."""
+
+    index: int
+    prompt: list[int]
+    main: Thread
+    parser: MainParser
+    chunks: list[Thread] = field(default_factory=list)
+    forced: dict[int, list[int]] | None = None  # thread -> its tokens, when teacher-forced
+    fork_next: int | None = None  # N of the promise the main thread feeds in this step
+
+    @property
+    def threads(self) -> list[Thread]:
+        return [self.main, *self.chunks]
+
+    @property
+    def finished(self) -> bool:
+        return all(t.finished for t in self.threads)
+
+    def answer_bound(self, thread: Thread) -> int:
+        """A lower bound of the index, in the spliced answer, of `thread`'s next token."""
+        if thread.index == MAIN:
+            return len(self.main.tokens) + sum(len(c.tokens) for c in self.chunks)
+        return thread.main_before + sum(len(c.tokens) for c in self.chunks[: thread.index + 1])
+
+    def spliced(self) -> tuple[list[int], list[np.ndarray | None], list[tuple[int, str]]]:
+        """The answer in the spliced order (each chunk right after its promise, as the
+        sequential interpreter writes it), each token's choosing logits (when recorded), and
+        the stops: (index where the stopped thread's next token would go, why)."""
+        tokens, logits, stops = [], [], []
+        by_promise = {c.main_before: c for c in self.chunks}
+
+        def take(thread: Thread, upto: int | None = None) -> None:
+            part = thread.tokens[:upto]
+            tokens.extend(part)
+            logits.extend((thread.logits + [None] * len(part))[: len(part)])
+
+        def stopped_here(thread: Thread) -> None:
+            if thread.state == "stopped":
+                stops.append((len(tokens), thread.stop_reason))
+
+        for m in range(len(self.main.tokens) + 1):
+            chunk = by_promise.get(m)
+            if chunk is not None and m:
+                take(chunk)
+                stopped_here(chunk)
+            if m < len(self.main.tokens):
+                tokens.append(self.main.tokens[m])
+                logits.append(self.main.logits[m] if m < len(self.main.logits) else None)
+        stopped_here(self.main)
+        return tokens, logits, stops
+
+
+@dataclass
+class PastaResult:
+    tokens: list[int]  # the spliced answer
+    threads: list[dict]  # per thread its timeline
+    outcome: str  # eos, or why the answer ended: max_tokens, max_positions, malformed: <reason>
+    steps: int  # batched engine steps of the whole run
+    logits: list[np.ndarray | None] | None = None  # per answer token its choosing logits (record_logits)
+
+    def counts(self) -> dict:
+        return {"chunks": len(self.threads) - 1, "main_tokens": self.threads[0]["tokens"],
+                "chunk_tokens": [t["tokens"] for t in self.threads[1:]]}
+
+
+class PastaScheduler:
+    """Decodes PASTA documents on an engine it owns while `run` runs (not thread-safe)."""
+
+    def __init__(self, engine: Engine, tags: PastaTags, config: dict, budgets: Budgets | None = None,
+                 schedule: str = "parallel"):
+        if schedule not in SCHEDULES:
+            raise GenerateError(f"unknown PASTA schedule {schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
+        self.engine, self.tags, self.schedule = engine, tags, schedule
+        self.vocab_size, self.max_positions = config["vocab_size"], config.get("max_positions", 1 << 30)
+        self.pad = config.get("pad_token_id", 0)
+        self.budgets = budgets or Budgets()
+        self.budgets.validate()
+        self.step_count = 0
+        self.step_s: list[float] = []
+
+    # ----- the run ---------------------------------------------------------------------------
+    def run(self, prompts: list[list[int]], sampling: SamplingOptions | None = None,
+            forced: list[list[int]] | None = None, record_logits: bool = False) -> list[PastaResult]:
+        """Decode one answer per prompt. `forced`: per prompt a spliced answer whose tokens
+        are fed instead of chosen (teacher forcing; with `record_logits`, for parity)."""
+        self.sampling, self.record_logits = sampling or SamplingOptions(), record_logits
+        # each document can always fork one chunk: at most half the rows hold main threads
+        group = max(1, self.engine.cache.max_rows // 2)
+        results = []
+        for first in range(0, len(prompts), group):
+            part = range(first, min(first + group, len(prompts)))
+            results += self._run_group([prompts[i] for i in part], [forced[i] for i in part] if forced else None, first)
+        return results
+
+    def _run_group(self, prompts: list[list[int]], forced: list[list[int]] | None, first: int) -> list[PastaResult]:
+        self.step_count, start = 0, time.perf_counter()
+        self.step_s = [0.0]
+        docs = [self._document(first + d, p, forced[d] if forced else None) for d, p in enumerate(prompts)]
+        by_index = {doc.index: doc for doc in docs}
+        try:
+            logits = self.engine.admit([doc.main.seq for doc in docs])
+            for doc, row in zip(docs, logits):
+                doc.main.state = "running"
+                self._choose(doc, doc.main, row)
+            while not all(doc.finished for doc in docs):
+                runnable = [t for doc in docs for t in self._runnable(doc)]
+                if not runnable and all(doc.finished for doc in docs):
+                    break  # the last waits just resolved
+                if not runnable:
+                    raise GenerateError("the PASTA scheduler has no thread to run", "report this as a bug")
+                for i, t in enumerate(runnable):  # a step runs slots 0..n-1
+                    self.engine.cache.swap(t.seq.slot, i)
+                step_logits = self.engine.step([t.seq for t in runnable])
+                self.step_count += 1
+                self.step_s.append(time.perf_counter() - start)
+                for t, row in zip(runnable, step_logits):
+                    self._after_step(by_index[t.document], t, row)
+        finally:
+            for doc in docs:
+                for t in doc.threads:
+                    if t.seq is not None and t.seq.slot is not None:
+                        self.engine.release(t.seq)
+        return [self._result(doc) for doc in docs]
+
+    def _document(self, index: int, prompt: list[int], forced: list[int] | None) -> Document:
+        main = Thread(MAIN, index, self._rng(index, MAIN), state="running")
+        main.seq = Sequence(list(prompt), 1 << 30, frozenset())
+        doc = Document(index, list(prompt), main, MainParser(self.tags, self.vocab_size))
+        if forced is not None:
+            doc.forced = split_threads(forced, self.tags)
+        return doc
+
+    def _rng(self, doc: int, thread: int) -> np.random.Generator:
+        seed = self.sampling.seed
+        return np.random.default_rng(None if seed is None else [seed, doc, thread + 1])
+
+    # ----- which threads step ------------------------------------------------------------------
+    def _runnable(self, doc: Document) -> list[Thread]:
+        """Start what may start, resolve the main thread's wait, then the threads to step."""
+        main = doc.main
+        if main.state == "waiting" and all(c.finished for c in doc.chunks):
+            self._end_wait(doc)
+        if self.schedule == "sequential":
+            live = [c for c in doc.chunks if c.state in ("running", "flushing")]
+            if not live:
+                pending = [c for c in doc.chunks if c.state == "pending"]
+                if pending:
+                    self._fork(doc, pending[0])
+                    live = [pending[0]] if pending[0].state == "running" else []
+                    if not live:  # stopped at once (a budget): the next step decides again
+                        return self._runnable(doc)
+            return live or ([main] if main.state == "running" else [])
+        running = sum(c.state in ("running", "flushing") for c in doc.chunks)
+        for c in doc.chunks:
+            if c.state == "pending" and running < self.budgets.max_live_threads \
+                    and self.engine.cache.rows < self.engine.cache.max_rows:
+                self._fork(doc, c)
+                running += c.state == "running"
+        if main.state == "waiting" and all(c.finished for c in doc.chunks):
+            self._end_wait(doc)
+        return [t for t in doc.threads if t.state in ("running", "flushing")]
+
+    def _end_wait(self, doc: Document) -> None:
+        """Every chunk has finished: splice them (at a sync) or end the document (at eos)."""
+        main = doc.main
+        main.waits[-1][1] = self.step_count
+        if main.tokens[-1] == self.tags.eos:
+            self._finish(main, "done")
+            return
+        if any(c.state == "stopped" for c in doc.chunks):
+            self._finish(main, "stopped", "a chunk before the sync stopped")
+            return
+        for c in doc.chunks:
+            if c.segment is not None:
+                self.engine.cache.append(main.seq.slot, c.segment)
+                c.segment = None
+        main.state = "running"
+
+    def _fork(self, doc: Document, chunk: Thread) -> None:
+        """Chunk `chunk` gets a row: the main row's prefix up to its promise, and `<async>`."""
+        if doc.answer_bound(chunk) >= self.budgets.max_tokens:
+            self._stop(chunk, "max_tokens")
+            return
+        if chunk.fork_position >= self.max_positions:
+            self._stop(chunk, "max_positions")
+            return
+        chunk.seq = Sequence([], 1 << 30, frozenset())
+        self.engine.fork(doc.main.seq, chunk.seq, chunk.fork_length, chunk.fork_state)
+        chunk.fork_state = None
+        chunk.seq.position, chunk.seq.next_token = chunk.fork_position, self.tags.async_
+        chunk.tokens.append(self.tags.async_)
+        chunk.logits.append(None)  # forced, never chosen
+        chunk.state, chunk.forked_step = "running", self.step_count
+
+    # ----- after a step ------------------------------------------------------------------------
+    def _after_step(self, doc: Document, t: Thread, logits: np.ndarray) -> None:
+        """`t`'s fed token gave `logits`: act on what it fed, then choose its next token."""
+        if t.state == "flushing":
+            self._close_chunk(t)
+            return
+        if t.index != MAIN and t.tokens[-1] == self.tags.end_async and len(t.tokens) > 1:
+            if self.engine.lagging:  # </async>'s cross-cache entry is written by one more step
+                t.state, t.seq.next_token, t.seq.position = "flushing", self.pad, t.fork_position
+            else:
+                self._close_chunk(t)
+            return
+        if t.index == MAIN and doc.fork_next is not None:
+            self._promise(doc, doc.fork_next)
+            doc.fork_next = None
+        self._choose(doc, t, logits)
+
+    def _promise(self, doc: Document, promised: int) -> None:
+        """The main row has just fed a promise's `/>`: record chunk j's fork point."""
+        main = doc.main
+        slot = main.seq.slot
+        chunk = Thread(len(doc.chunks), doc.index, self._rng(doc.index, len(doc.chunks)))
+        chunk.promised, chunk.main_before, chunk.promised_step = promised, len(main.tokens), self.step_count
+        chunk.fork_length = int(self.engine.cache.lengths[slot])
+        chunk.fork_state = self.engine.cache.row_state(slot)
+        chunk.fork_position = main.seq.position  # p + 1: the promise's `/>` sat at p
+        main.seq.position += promised  # the main thread resumes at p + N + 1
+        doc.chunks.append(chunk)
+
+    def _choose(self, doc: Document, t: Thread, logits: np.ndarray) -> None:
+        """Append `t`'s next token (chosen, or forced) unless a budget stops it first."""
+        if doc.answer_bound(t) >= self.budgets.max_tokens:
+            self._stop(t, "max_tokens")
+            return
+        if t.seq.position >= self.max_positions:
+            self._stop(t, "max_positions")
+            return
+        forced = doc.forced.get(t.index) if doc.forced is not None else None
+        if forced is not None:
+            if len(t.tokens) >= len(forced):
+                self._stop(t, "the forced answer ended")
+                return
+            token = forced[len(t.tokens)]
+        else:
+            token = int(choose_next(logits[None], self.sampling, t.rng)[0])
+            if t.index != MAIN:
+                token = chunk_token(self.tags, len(t.tokens), token, self.budgets.max_chunk_tokens)
+        t.tokens.append(token)
+        if self.record_logits:
+            t.logits.append(logits.copy())
+        t.seq.next_token = token
+        if t.index != MAIN:
+            return
+        event = doc.parser.feed(token)
+        if event.kind is Kind.FORK:
+            doc.fork_next = event.promised
+        elif event.kind in (Kind.SYNC, Kind.END):
+            t.state = "waiting"
+            t.waits.append([self.step_count, None])
+        elif event.kind is Kind.MALFORMED:
+            self._stop(t, f"malformed: {event.reason}")
+
+    # ----- endings -----------------------------------------------------------------------------
+    def _close_chunk(self, t: Thread) -> None:
+        """A closed chunk's cache slots go aside until the sync; its row is freed now."""
+        t.segment = self.engine.cache.segment(t.seq.slot, t.fork_length, t.fork_length + len(t.tokens))
+        self._finish(t, "done")
+
+    def _stop(self, t: Thread, reason: str) -> None:
+        self._finish(t, "stopped", reason)
+
+    def _finish(self, t: Thread, state: str, reason: str = "") -> None:
+        t.state, t.stop_reason, t.finished_step = state, reason, self.step_count
+        if t.index != MAIN and t.seq is not None and t.seq.slot is not None:
+            self.engine.release(t.seq)  # the main row stays: pending chunks fork from it
+
+    def _result(self, doc: Document) -> PastaResult:
+        """The spliced answer, cut where the sequential interpreter would have stopped."""
+        tokens, logits, stops = doc.spliced()
+        cut = min([len(tokens), self.budgets.max_tokens] + [at for at, _ in stops])
+        if tokens[cut - 1: cut] == [self.tags.eos]:
+            outcome = "eos"
+        elif cut == self.budgets.max_tokens:
+            outcome = "max_tokens"
+        else:
+            outcome = min(stops)[1] if stops else "ended"
+        return PastaResult(tokens[:cut], [t.timeline(self.step_s) for t in doc.threads], outcome, self.step_count,
+                           logits[:cut] if self.record_logits else None)
+
+
+def split_threads(answer: list[int], tags: PastaTags) -> dict[int, list[int]]:
+    """A spliced answer's tokens per thread (MAIN, then chunk j in promise order): what
+    teacher forcing feeds each thread."""
+    threads: dict[int, list[int]] = {MAIN: []}
+    parser = MainParser(tags)
+    chunk: int | None = None
+    expect_chunk = False
+    for token in answer:
+        if chunk is not None:
+            threads[chunk].append(token)
+            if token == tags.end_async and len(threads[chunk]) > 1:
+                chunk = None
+            continue
+        if expect_chunk and token == tags.async_:
+            chunk = len(threads) - 1
+            threads[chunk] = [token]
+            expect_chunk = False
+            continue
+        threads[MAIN].append(token)
+        expect_chunk = parser.feed(token).kind is Kind.FORK
+    return threads
