@@ -19,7 +19,7 @@ import numpy as np
 from edgeseq.bench_engine import concurrency_report, step_ms_by_position
 from edgeseq.errors import BuildError
 from edgeseq.families import FAMILIES
-from edgeseq.runtimes import load
+from edgeseq.runtimes import load, read_artifact
 
 
 def measure_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
@@ -185,6 +185,10 @@ def bench_artifact(
 ) -> dict[str, Any]:
     """Prefill and decode figures (optionally against PyTorch eager), step time by position
     and, with `concurrency` clients, continuous batching against one-at-a-time calls."""
+    if "pasta" in read_artifact(path, verify=False).manifest:
+        from edgeseq.pasta_bench import pasta_bench
+
+        return pasta_bench(path, rounds, threads, on_progress)
     say = on_progress or (lambda _: None)
     threads = threads or 1
     rss_before = resident_mb()

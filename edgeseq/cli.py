@@ -146,7 +146,7 @@ def parse_ids(text: str) -> list[int]:
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--input-ids", "inputs", multiple=True, help='Source token ids, e.g. "5 17 3"; repeat for a batch.')
 @click.option("--text", "texts", multiple=True, help="Source text (needs an artifact with a tokenizer); repeat for a batch.")
-@click.option("--max-new-tokens", default=32, show_default=True)
+@click.option("--max-new-tokens", default=None, type=int, help="Default 32 (PASTA: the whole spliced answer, default 160).")
 @click.option("--do-sample", is_flag=True, help="Sample instead of greedy decoding.")
 @click.option("--temperature", default=1.0, show_default=True)
 @click.option("--top-k", default=0, show_default=True, help="0 disables.")
@@ -155,13 +155,15 @@ def parse_ids(text: str) -> list[int]:
 @click.option("--stop-token", "stop_tokens", multiple=True, type=int, help="Stop ids (default: the model's eos).")
 @click.option("--target", default="ort-cpu", show_default=True)
 @click.option("--threads", default=None, type=int, help="Intra-op threads in all (default: all cores).")
-@click.option("--schedule", type=click.Choice(["concurrent", "sequential", "recurrent"]), default="concurrent", show_default=True, help="StagFormer: a step's stages concurrently, in turn, or recurrent (shared weights: last stack only).")
+@click.option("--schedule", type=click.Choice(["concurrent", "sequential", "recurrent", "parallel"]), default=None,
+              help="StagFormer: a step's stages concurrently (default), in turn, or recurrent (shared weights: last stack "
+                   "only). PASTA: its threads in parallel (default) or sequential (the interpreter's order).")
 @click.option("--low-memory", is_flag=True, help="No weight prepacking: about half the memory, slower at batch > 1.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def generate(artifact, inputs, texts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_tokens, target, threads, schedule, low_memory, as_json):
     """Generate tokens from a compiled ARTIFACT."""
-    from edgeseq.runtimes import SamplingOptions, load
+    from edgeseq.runtimes import PastaModel, SamplingOptions, load
 
     if bool(inputs) == bool(texts):
         raise GenerateError("give the input as --input-ids or as --text (one of them)",
@@ -169,13 +171,29 @@ def generate(artifact, inputs, texts, max_new_tokens, do_sample, temperature, to
     sampling = SamplingOptions(do_sample, temperature, top_k, top_p, seed)
     with load(artifact, target=target, threads=threads, schedule=schedule, low_memory=low_memory) as model:
         rows = [model.encode_text(t) for t in texts] if texts else [parse_ids(text) for text in inputs]
-        result = model.generate(rows, max_new_tokens, list(stop_tokens) or None, sampling)
+        if isinstance(model, PastaModel):
+            pasta_generate(model, rows, max_new_tokens, sampling, bool(texts), as_json)
+            return
+        result = model.generate(rows, max_new_tokens or 32, list(stop_tokens) or None, sampling)
         decoded = [model.decode_text(row) for row in result.tokens] if texts else None
     if as_json:
         emit_json({"tokens": result.tokens, **({"text": decoded} if decoded is not None else {})})
     else:
         for row, ids in enumerate(result.tokens):
             click.echo(decoded[row] if decoded is not None else " ".join(map(str, ids)))
+
+
+def pasta_generate(model, rows, max_new_tokens, sampling, as_text: bool, as_json: bool) -> None:
+    from edgeseq.pasta_cli import pasta_generate_json, print_pasta_results
+    from edgeseq.runtimes.pasta_lang import Budgets
+
+    budgets = Budgets(max_tokens=max_new_tokens) if max_new_tokens else Budgets()
+    results = model.generate(rows, budgets=budgets, sampling=sampling)
+    decoded = [model.decode_text(r.tokens) for r in results] if as_text else None
+    if as_json:
+        emit_json(pasta_generate_json(results, decoded))
+    else:
+        print_pasta_results(out_console, results, decoded, model.vocabulary)
 
 
 @cli.command()
@@ -194,10 +212,11 @@ def parity(artifact, reference, steps, as_json):
     if as_json:
         emit_json(report)
     else:
-        table = Table("source lengths", "max |logit diff|", "greedy agreement")
-        for case in report["cases"]:
-            table.add_row(str(case["source_lengths"]), f"{case['max_abs_logit_diff']:.2e}", f"{case['greedy_token_agreement']:.3f}")
-        out_console.print(table)
+        if all("source_lengths" in case for case in report["cases"]):  # PASTA reports one teacher-forced case
+            table = Table("source lengths", "max |logit diff|", "greedy agreement")
+            for case in report["cases"]:
+                table.add_row(str(case["source_lengths"]), f"{case['max_abs_logit_diff']:.2e}", f"{case['greedy_token_agreement']:.3f}")
+            out_console.print(table)
         verdict = "[green]PASS[/]" if report["passed"] else "[red]FAIL[/]"
         out_console.print(f"{verdict} max |logit diff| {report['max_abs_logit_diff']:.2e} (atol {report['atol']:.0e}), {report['steps']} steps")
     if not report["passed"]:
@@ -242,6 +261,10 @@ def inspect_cmd(artifact, as_json):
             out_console.print(f"  {h['from']}:{h['output']} -> {h['to']}:{h['input']} ({h['when']}); every cache stays with its stage")
     if info["pruning"]:
         print_pruning(info["pruning"])
+    if info.get("pasta"):
+        from edgeseq.pasta_cli import print_pasta_section
+
+        print_pasta_section(out_console, info["pasta"])
     if info["parity"]:
         p = info["parity"]
         out_console.print(f"parity at compile: max |logit diff| {p['max_abs_logit_diff']:.2e}, greedy agreement {p['greedy_token_agreement']:.3f}")
@@ -354,6 +377,11 @@ def deploy_ray(artifact, out, replicas, threads, name, host, port, force):
 
 
 def print_bench(report) -> None:
+    if "pasta" in report:
+        from edgeseq.pasta_cli import print_pasta_bench
+
+        print_pasta_bench(out_console, report)
+        return
     table = Table("engine", "prefill ms", "decode tok/s b1", "decode tok/s b8", "resident MB", "roofline b1")
     for r in report["results"]:
         table.add_row(

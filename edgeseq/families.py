@@ -96,15 +96,20 @@ def _split_stages(graphs, model, target, split):
     return (split_stagformer_steps(graphs, model.config.n_stacks) if split else graphs), {}
 
 
+PASTA_BENCH_SEED = 31_337
+
+
 def _pasta_passes(graphs, model, target, split):
     """StagFormer's stage split, and the manifest's "pasta" section: the tag ids the
     runtime's parser and scheduler read, and the task vocabulary `inspect` shows."""
-    from edgeseq.models.pasta_task import TAGS, PastaTask
+    from edgeseq.models.pasta_task import TAGS, PastaTask, pasta_examples
 
     graphs, _ = _split_stages(graphs, model, target, split)
-    task = PastaTask()
-    vocabulary = task.vocabulary() if task.vocab_size == model.config.vocab_size else {}
-    return graphs, {"pasta": {"tags": TAGS.as_dict(), "vocabulary": vocabulary}}
+    section = {"tags": TAGS.as_dict(), "vocabulary": {}, "bench_prompts": []}
+    if PastaTask().vocab_size == model.config.vocab_size:  # the task's model: its names and bench prompts
+        section["vocabulary"] = PastaTask().vocabulary()
+        section["bench_prompts"] = [e.prompt for e in pasta_examples(8, PASTA_BENCH_SEED, k=4)]
+    return graphs, {"pasta": section}
 
 
 def _pasta_parity(*args, **kwargs):

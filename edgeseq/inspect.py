@@ -37,7 +37,8 @@ def inspect_artifact(path: str | Path, verify: bool = True) -> dict[str, Any]:
         "files": {name: f["bytes"] for name, f in files.items()},
         "total_bytes": sum(f["bytes"] for f in files.values()),
         "tokenizer": m.get("tokenizer"),  # {"file", "vocab_size"} when text works, else None
-        "pruning": m.get("pruning"),  # NASH: kept units, parameters and FLOPs before/after stripping
+        "pruning": m.get("pruning"),
+        "pasta": {k: v for k, v in m["pasta"].items() if k != "bench_prompts"} if "pasta" in m else None,  # NASH: kept units, parameters and FLOPs before/after stripping
         "parity": {k: parity[k] for k in ("max_abs_logit_diff", "greedy_token_agreement", "atol", "passed") if k in parity}
         or None,
     }

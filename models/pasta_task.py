@@ -1,21 +1,25 @@
 """PASTA's task: multi-query composition, written in PASTA-LANG (DESIGN §1 "PASTA").
 
 A prompt holds L lookup tables over [n] (the composition task's encoding) and k
-independent queries (k = 1..4), each with its own depth d (1..L). The answer of query i
-is f_d(...f_1(x_i)). A PASTA answer:
+independent queries (k = 1..4), each with its own depth d (min_depth..max_depth; the
+tables apply in turn, f_1 .. f_L, f_1, ..., so a query's chain may be longer than L).
+The answer of query i is the d-th value of its chain. A PASTA answer:
 
     main:   <promise topic= q_i tokens= N_i />   (one per query)   <sync/>  v_1 .. v_k  eos
-    chunk i: <async> f0:x_i f1:f_1(x_i) .. fd:f_d(..) </async>
+    chunk i: <async> f0:x_i f1:f_1(x_i) .. fd:(d-th value) </async>
 
 Spliced (each chunk right after its promise, as the main thread sees it after the sync):
     P_1 C_1 P_2 C_2 .. P_k C_k <sync/> v_1 .. v_k eos
 
 Each chunk starts by copying its query (keyed by the topic token, which the prompt also
 carries). Chunk values are typed: "fj:v" says "f_j(...) = v", so the next token is one
-lookup keyed by the token just read (table j+1 at index v, at a fixed place in the
-prompt). With plain values the model had to count its steps from `<async>`, whose
+lookup keyed by the token just read (the next table in turn at index v, at a fixed
+place in the prompt). With plain values the model had to count its steps from `<async>`, whose
 position moves with every promise, and training plateaued at the third lookup. The final
-values copy each chunk's last value as plain values. Tags are several tokens each, as a real
+values copy each chunk's last value as plain values. Chains are long (6..12 steps by
+default) and promises short, as in PASTA's own data: the chunks are where the work is,
+so decoding them in parallel pays (at k = 4 the longest sequential path is about half
+the tokens). Tags are several tokens each, as a real
 tokenizer would split them. N is the chunk's true length (its tokens with both tags) in
 most examples and off by 1 or 2 in a fraction, so a model sees overruns and short chunks.
 Deterministic for a seed. numpy only (the runtime's parser shares the vocabulary).
@@ -30,8 +34,8 @@ PAD, BOS, EOS, SEP, QUERY = 0, 1, 2, 3, 4
 PROMISE, TOPIC, TOKENS, CLOSE, ASYNC, END_ASYNC, SYNC = 5, 6, 7, 8, 9, 10, 11
 MAX_QUERIES = 4
 TOPIC_BASE = 12  # topic ids q1..q4
-MAX_NUMBER = 16
-NUMBER_BASE = TOPIC_BASE + MAX_QUERIES  # numbers 1..16 (promised lengths, depths)
+MAX_NUMBER = 20
+NUMBER_BASE = TOPIC_BASE + MAX_QUERIES  # numbers 1..20 (promised lengths, depths)
 FIRST_VALUE = NUMBER_BASE + MAX_NUMBER  # values 0..n-1 (tables, queries, final answers)
 
 TAGS = PastaTags(promise=PROMISE, topic=TOPIC, tokens=TOKENS, close=CLOSE, async_=ASYNC, end_async=END_ASYNC,
@@ -52,7 +56,9 @@ def topic(i: int) -> int:
 
 @dataclass(frozen=True)
 class PastaTask:
-    n_functions: int = 3  # L: tables, and the deepest query
+    n_functions: int = 3  # L: tables
+    min_depth: int = 6  # a query's chain length d is drawn from min_depth..max_depth
+    max_depth: int = 12
     n_values: int = 8  # n
     off_fraction: float = 0.2  # examples whose promised lengths are off by 1..2
 
@@ -66,7 +72,7 @@ class PastaTask:
 
     @property
     def vocab_size(self) -> int:
-        return self.typed_base + (self.n_functions + 1) * self.n_values
+        return self.typed_base + (self.max_depth + 1) * self.n_values
 
     def vocabulary(self) -> dict[str, int]:
         """Every token's name (what `edgeseq inspect` shows for a PASTA artifact)."""
@@ -74,7 +80,7 @@ class PastaTask:
         names |= {f"q{i + 1}": topic(i) for i in range(MAX_QUERIES)}
         names |= {str(n): number(n) for n in range(1, MAX_NUMBER + 1)}
         names |= {f"v{v}": FIRST_VALUE + v for v in range(self.n_values)}
-        names |= {f"f{j}:{v}": self.typed(j, v) for j in range(self.n_functions + 1) for v in range(self.n_values)}
+        names |= {f"f{j}:{v}": self.typed(j, v) for j in range(self.max_depth + 1) for v in range(self.n_values)}
         return names
 
 
@@ -117,11 +123,11 @@ def pasta_examples(count: int, seed: int, task: PastaTask | None = None, k: int 
         queries, chunks, answer, promised = [], [], [], []
         off = rng.random() < task.off_fraction
         for i in range(queries_k):
-            x, depth = int(rng.integers(0, task.n_values)), int(rng.integers(1, task.n_functions + 1))
+            x, depth = int(rng.integers(0, task.n_values)), int(rng.integers(task.min_depth, task.max_depth + 1))
             prompt += [QUERY, topic(i), number(depth), FIRST_VALUE + x]
             chain, value = [x], x
             for f in range(depth):
-                value = int(tables[f, value])
+                value = int(tables[f % task.n_functions, value])
                 chain.append(value)
             chunk = [ASYNC, *(task.typed(j, v) for j, v in enumerate(chain)), END_ASYNC]
             length = len(chunk)
@@ -162,7 +168,7 @@ def parse_spliced(ids: list[int], task: "PastaTask | None" = None) -> tuple[list
             return None
         values = []
         while at < len(ids) and ids[at] == task.typed(len(values), (ids[at] - task.typed_base) % task.n_values) \
-                and len(values) <= task.n_functions:
+                and len(values) <= task.max_depth:
             values.append((ids[at] - task.typed_base) % task.n_values)
             at += 1
         if not values or not take(END_ASYNC):

@@ -14,7 +14,7 @@ from .pasta_task import PastaTask
 # PASTA's model is a StagFormer (p = 1: the plain LM) over the PASTA task's vocabulary,
 # trained with PASTA's masks (models/pasta.py); the recipe of scripts/train_pasta.py
 PASTA_PRESETS = {"tiny": dict(vocab_size=PastaTask().vocab_size, d_model=128, n_heads=4, n_layers=4, n_stacks=1,
-                              d_ff=512, max_positions=128)}
+                              d_ff=512, max_positions=192)}
 
 
 @dataclass(frozen=True)

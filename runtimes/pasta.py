@@ -151,7 +151,13 @@ class PastaResult:
     threads: list[dict]  # per thread its timeline
     outcome: str  # eos, or why the answer ended: max_tokens, max_positions, malformed: <reason>
     steps: int  # batched engine steps of the whole run
+    longest_path: int  # tokens on the longest chain that must be decoded one after another
     logits: list[np.ndarray | None] | None = None  # per answer token its choosing logits (record_logits)
+
+    @property
+    def theoretical_speedup(self) -> float:
+        """Tokens / longest sequential path: the speedup of unbounded threads at no cost per row."""
+        return len(self.tokens) / max(self.longest_path, 1)
 
     def counts(self) -> dict:
         return {"chunks": len(self.threads) - 1, "main_tokens": self.threads[0]["tokens"],
@@ -374,7 +380,22 @@ class PastaScheduler:
         else:
             outcome = min(stops)[1] if stops else "ended"
         return PastaResult(tokens[:cut], [t.timeline(self.step_s) for t in doc.threads], outcome, self.step_count,
-                           logits[:cut] if self.record_logits else None)
+                           longest_path(doc, self.tags), logits[:cut] if self.record_logits else None)
+
+
+def longest_path(doc: Document, tags: PastaTags) -> int:
+    """The earliest step each token could be decoded at with a thread per chunk: main tokens
+    one after another, a chunk's after its promise, `<sync/>` and eos after every open
+    chunk's end. Its last step is the longest sequential path."""
+    length_after = {c.main_before: len(c.tokens) for c in doc.chunks}
+    step, open_ends = 0, []
+    for m, token in enumerate(doc.main.tokens, 1):
+        if token in (tags.sync, tags.eos):
+            step, open_ends = max([step, *open_ends]), []
+        step += 1
+        if m in length_after:
+            open_ends.append(step + length_after[m])
+    return max([step, *open_ends])
 
 
 def split_threads(answer: list[int], tags: PastaTags) -> dict[int, list[int]]:

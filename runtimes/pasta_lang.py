@@ -67,8 +67,8 @@ class PastaTags:
 @dataclass
 class Budgets:
     max_live_threads: int = 4  # chunks decoding at once; later promises wait for a row
-    max_chunk_tokens: int = 12  # a chunk's length, tags included
-    max_tokens: int = 96  # the spliced answer's length
+    max_chunk_tokens: int = 24  # a chunk's length, tags included
+    max_tokens: int = 160  # the spliced answer's length
 
     def validate(self) -> None:
         from edgeseq.errors import GenerateError
