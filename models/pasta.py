@@ -104,12 +104,13 @@ def generate_sequential(model, prompt: list[int], budgets: Budgets | None = None
             break
         if chunk == 0:
             token = forced.pop(0) if forced else T.ASYNC  # a chunk always opens with <async>
-        elif forced:
-            token = forced.pop(0)
         else:
-            ids, positions, _, visible = batch_layout([doc], [start], partial=True)
-            at = len(doc) - 1 if chunk is not None else last_main
-            token = int(masked_logits(model, ids, positions, visible)[0, at].argmax())
+            if forced:
+                token = forced.pop(0)
+            else:
+                ids, positions, _, visible = batch_layout([doc], [start], partial=True)
+                at = len(doc) - 1 if chunk is not None else last_main
+                token = int(masked_logits(model, ids, positions, visible)[0, at].argmax())
             if chunk is not None:
                 token = chunk_token(TAGS, chunk, token, budgets.max_chunk_tokens)
         doc.append(token)

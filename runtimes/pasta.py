@@ -338,8 +338,8 @@ class PastaScheduler:
             token = forced[len(t.tokens)]
         else:
             token = int(choose_next(logits[None], self.sampling, t.rng)[0])
-            if t.index != MAIN:
-                token = chunk_token(self.tags, len(t.tokens), token, self.budgets.max_chunk_tokens)
+        if t.index != MAIN:
+            token = chunk_token(self.tags, len(t.tokens), token, self.budgets.max_chunk_tokens)
         t.tokens.append(token)
         if self.record_logits:
             t.logits.append(logits.copy())

@@ -19,6 +19,7 @@ from .artifact import Artifact
 from .backend import Backend
 from .decoding import normalize_input
 from .engine import Engine
+from .model import OPEN_MODELS
 from .pasta import SCHEDULES, PastaResult, PastaScheduler
 from .pasta_lang import Budgets, PastaTags
 from .sampling import SamplingOptions
@@ -37,6 +38,7 @@ class PastaModel:
         self.codec: TextCodec | None = text_codec(artifact)
         self._lock = threading.Lock()
         self._closed = False
+        OPEN_MODELS.add(self)
 
     @property
     def has_tokenizer(self) -> bool:
@@ -78,6 +80,7 @@ class PastaModel:
 
     def close(self) -> None:
         with self._lock:
+            OPEN_MODELS.discard(self)
             if not self._closed:
                 self._closed = True
                 self.engine.close()

@@ -46,6 +46,16 @@ def stagformer_model(seed: int = 0, **overrides) -> StagFormerModel:
     return StagFormerModel(config).eval()
 
 
+PASTA_TEST_SIZE = dict(d_model=32, n_heads=4, n_layers=2, d_ff=64)
+
+
+def pasta_model(seed: int = 0, **overrides) -> StagFormerModel:
+    """A random-init PASTA model over the task's vocabulary (p = n_stacks, default 1)."""
+    config = make_config("pasta", "tiny", {**PASTA_TEST_SIZE, **overrides})
+    torch.manual_seed(seed)
+    return StagFormerModel(config).eval()
+
+
 class ArtifactCache:
     """Compile each distinct (family, config, seed, split) once per session; tests share the folders."""
 
@@ -69,7 +79,8 @@ class ArtifactCache:
                 masks = random_masks(nash_dims(model.config), sparsity, seed=seed) if sparsity else None
                 save_hf_checkpoint(model, ckpt, masks, force=True)
             else:
-                model = red_model(seed, **overrides) if family == "red" else stagformer_model(seed, **overrides)
+                make = {"red": red_model, "stagformer": stagformer_model, "pasta": pasta_model}[family]
+                model = make(seed, **overrides)
                 save_checkpoint(model, family, ckpt, force=True)
             compile_checkpoint(ckpt, art, verify=verify, split=split)
         return ckpt, art

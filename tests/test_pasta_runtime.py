@@ -1,0 +1,132 @@
+"""The PASTA runtime (runtimes/pasta.py) on compiled random-init models, p = 1 and p = 2:
+teacher-forced logits against PyTorch under PASTA's masks in both schedules and with
+deferred forks, greedy output against the torch sequential interpreter, budgets, per-thread
+sampling streams, the timeline, and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from edgeseq.cli import cli
+from edgeseq.models import pasta_task as T
+from edgeseq.models.checkpoint import load_checkpoint
+from edgeseq.models.pasta import batch_layout, generate_sequential, masked_logits
+from edgeseq.models.tasks import pasta_examples
+from edgeseq.pasta_parity import predecessors
+from edgeseq.runtimes import SamplingOptions, load
+from edgeseq.runtimes.pasta_lang import Budgets
+
+WIDE = Budgets(max_chunk_tokens=64, max_tokens=200)  # nothing in a task document hits these
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["p1", "p2"])
+def compiled(request, artifacts):
+    checkpoint, artifact = artifacts.get(family="pasta", n_stacks=request.param)
+    _, model = load_checkpoint(checkpoint)
+    with load(artifact) as runtime:
+        yield runtime, model
+
+
+def worst_forced_difference(runtime, model, examples, **kwargs) -> float:
+    prompts, answers = [e.prompt for e in examples], [e.spliced for e in examples]
+    results = runtime.generate(prompts, budgets=kwargs.pop("budgets", WIDE), forced=answers, record_logits=True, **kwargs)
+    ids, positions, _, visible = batch_layout([p + a for p, a in zip(prompts, answers)], [len(p) for p in prompts])
+    with torch.no_grad():
+        reference = masked_logits(model, ids, positions, visible).numpy()
+    worst = 0.0
+    for b, r in enumerate(results):
+        assert r.tokens == answers[b] and r.outcome == "eos"
+        for logits, at in zip(r.logits, predecessors(prompts[b] + answers[b], len(prompts[b]))):
+            if at is not None:
+                worst = max(worst, float(np.abs(reference[b, at] - logits).max()))
+    return worst
+
+
+@pytest.mark.parametrize("schedule", ["parallel", "sequential"])
+def test_teacher_forced_logits_match_pytorch_under_pasta_masks(compiled, schedule):
+    runtime, model = compiled
+    examples = [e for k in (1, 2, 3, 4) for e in pasta_examples(2, seed=300 + k, k=k)]
+    assert worst_forced_difference(runtime, model, examples, schedule=schedule) <= 1e-4
+
+
+def test_deferred_forks_change_nothing(compiled):
+    """One chunk at a time while the main thread goes on: later chunks fork from the
+    snapshot taken at their promise, not from the main row as it is by then."""
+    runtime, model = compiled
+    examples = pasta_examples(3, seed=310, k=4)
+    assert worst_forced_difference(runtime, model, examples, budgets=Budgets(1, 64, 200)) <= 1e-4
+
+
+def test_greedy_output_equals_the_torch_interpreter_in_both_schedules(compiled):
+    runtime, model = compiled
+    prompts = [e.prompt for e in pasta_examples(6, seed=320)]
+    budgets = Budgets(max_chunk_tokens=6, max_tokens=40)
+    reference = [generate_sequential(model, p, budgets) for p in prompts]
+    for schedule in ("parallel", "sequential"):
+        assert [r.tokens for r in runtime.generate(prompts, budgets=budgets, schedule=schedule)] == reference
+
+
+def test_chunks_are_cut_at_their_budget_and_the_answer_at_max_tokens(compiled):
+    runtime, _ = compiled
+    e = pasta_examples(1, seed=330, k=3)[0]
+    budgets = Budgets(max_chunk_tokens=4, max_tokens=30)
+    results = [runtime.generate([e.prompt], budgets=budgets, forced=[e.spliced], schedule=s)[0]
+               for s in ("parallel", "sequential")]
+    assert results[0].tokens == results[1].tokens and len(results[0].tokens) <= 30
+    chunks = results[0].threads[1:]
+    assert chunks and all(c["tokens"] == 4 for c in chunks)  # <async> f0 f1 </async>: closed by the budget
+    assert results[0].tokens.count(T.END_ASYNC) == results[0].tokens.count(T.ASYNC)
+
+
+def test_sampling_draws_per_thread_streams_so_the_schedule_does_not_matter(compiled):
+    runtime, _ = compiled
+    prompts = [e.prompt for e in pasta_examples(4, seed=340)]
+    sampling = SamplingOptions(do_sample=True, temperature=1.5, seed=7)
+    budgets = Budgets(max_chunk_tokens=8, max_tokens=48)
+    runs = [[r.tokens for r in runtime.generate(prompts, budgets, sampling, schedule=s)]
+            for s in ("parallel", "sequential", "parallel")]
+    assert runs[0] == runs[1] == runs[2]
+    other = [r.tokens for r in runtime.generate(prompts, budgets, SamplingOptions(True, 1.5, seed=8))]
+    assert other != runs[0]
+
+
+def test_the_timeline_shows_forks_waits_and_finishes(compiled):
+    runtime, _ = compiled
+    e = pasta_examples(1, seed=350, k=3)[0]
+    result = runtime.generate([e.prompt], budgets=WIDE, forced=[e.spliced])[0]
+    main, *chunks = result.threads
+    assert len(chunks) == 3 and main["waits"] and main["waits"][0][1] >= max(c["finished_step"] for c in chunks)
+    assert [c["promised"] for c in chunks] == e.promised
+    assert all(c["promised_step"] <= c["forked_step"] < c["finished_step"] for c in chunks)
+    assert result.longest_path < len(result.tokens) and result.theoretical_speedup > 1
+
+
+def test_cli_generate_json_and_schedules(artifacts):
+    _, artifact = artifacts.get(family="pasta", n_stacks=1)
+    prompt = " ".join(map(str, pasta_examples(1, seed=360, k=2)[0].prompt))
+    outs = {}
+    for schedule in ("parallel", "sequential"):
+        result = CliRunner().invoke(cli, ["generate", str(artifact), "--input-ids", prompt, "--schedule", schedule,
+                                          "--max-new-tokens", "40", "--json"])
+        assert result.exit_code == 0, result.output
+        outs[schedule] = json.loads(result.output)
+    assert outs["parallel"]["tokens"] == outs["sequential"]["tokens"]
+    row = outs["parallel"]["results"][0]
+    assert row["threads"][0]["thread"] == "main" and row["outcome"]
+    text = CliRunner().invoke(cli, ["generate", str(artifact), "--input-ids", prompt, "--max-new-tokens", "40"])
+    assert text.exit_code == 0 and "main" in text.output and "outcome" in text.output
+    wrong = CliRunner().invoke(cli, ["generate", str(artifact), "--input-ids", prompt, "--schedule", "recurrent"])
+    assert wrong.exit_code != 0 and "PASTA schedule" in wrong.output
+
+
+def test_cli_inspect_shows_the_tags_and_bench_reports_both_schedules(artifacts):
+    _, artifact = artifacts.get(family="pasta", n_stacks=1)
+    info = CliRunner().invoke(cli, ["inspect", str(artifact), "--json"])
+    assert json.loads(info.output)["pasta"]["tags"]["promise"] == T.PROMISE
+    assert "PASTA tags: promise=5" in CliRunner().invoke(cli, ["inspect", str(artifact)]).output
+    bench = CliRunner().invoke(cli, ["bench", str(artifact), "--rounds", "1", "--json"])
+    assert bench.exit_code == 0, bench.output
+    report = json.loads(bench.output)["pasta"]
+    assert report["wall_speedup"] > 0 and report["theoretical_speedup"] >= 1 and report["identical_outputs"]
