@@ -70,8 +70,10 @@ class PastaModel:
             if limit is not None and len(row) >= limit:
                 raise GenerateError(f"prompt {b} has {len(row)} tokens; the model's positions end at {limit}",
                                     f"shorten it to at most {limit - 1} tokens")
-        if forced is not None and len(forced) != len(rows):
-            raise GenerateError(f"{len(forced)} forced answers for {len(rows)} prompts", "give one forced answer per prompt")
+        if forced is not None:
+            if len(forced) != len(rows):
+                raise GenerateError(f"{len(forced)} forced answers for {len(rows)} prompts", "give one forced answer per prompt")
+            forced = [normalize_input(answer, self.config["vocab_size"])[0] if len(answer) else [] for answer in forced]
         with self._lock:
             if self._closed:
                 raise GenerateError("the model is closed", "load the artifact again")
