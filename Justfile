@@ -22,6 +22,12 @@ bench:
     .venv/bin/python benchmarks/engine.py
     .venv/bin/python benchmarks/attention_kernels.py
     .venv/bin/python benchmarks/serving.py
+    .venv/bin/python benchmarks/pasta.py
+
+# PASTA alone: the trained checkpoints' held-out rates, schedule agreement and parallel speedup
+bench-pasta:
+    bash scripts/setup.sh
+    .venv/bin/python benchmarks/pasta.py
 
 lint:
     bash scripts/setup.sh
