@@ -209,8 +209,7 @@ class PastaScheduler:
                     break  # the last waits just resolved
                 if not runnable:
                     raise GenerateError("the PASTA scheduler has no thread to run", "report this as a bug")
-                for i, t in enumerate(runnable):  # a step runs slots 0..n-1
-                    self.engine.cache.swap(t.seq.slot, i)
+                runnable = self._first_rows(runnable)
                 step_logits = self.engine.step([t.seq for t in runnable])
                 self.step_count += 1
                 self.step_s.append(time.perf_counter() - start)
@@ -222,6 +221,16 @@ class PastaScheduler:
                     if t.seq is not None and t.seq.slot is not None:
                         self.engine.release(t.seq)
         return [self._result(doc) for doc in docs]
+
+    def _first_rows(self, runnable: list[Thread]) -> list[Thread]:
+        """Put the threads to step in slots 0..m-1 (a step runs those), moving only rows that
+        are outside, and return them in slot order."""
+        cache, m = self.engine.cache, len(runnable)
+        stepping = {id(t.seq) for t in runnable}
+        holes = [slot for slot in range(m) if id(cache.owners[slot]) not in stepping]
+        for t, hole in zip([t for t in runnable if t.seq.slot >= m], holes):
+            cache.swap(t.seq.slot, hole)
+        return sorted(runnable, key=lambda t: t.seq.slot)
 
     def _document(self, index: int, prompt: list[int], forced: list[int] | None) -> Document:
         main = Thread(MAIN, index, self._rng(index, MAIN), state="running")

@@ -22,7 +22,7 @@ from edgeseq.runtimes.pasta_layout import pasta_layout
 
 def tiny(stacks: int):
     torch.manual_seed(0)
-    config = make_config("stagformer", "tiny", {"vocab_size": T.PastaTask().vocab_size, "max_positions": 128,
+    config = make_config("stagformer", "tiny", {"vocab_size": T.PastaTask().vocab_size, "max_positions": 192,
                                                 "n_layers": 2 * stacks, "n_stacks": stacks})
     return family_spec("stagformer").model_class(config).eval()
 
