@@ -23,7 +23,7 @@ from .engine import Engine
 from .sampling import SamplingOptions
 from .scheduler import Scheduler
 from .sequence import FINISHED, Sequence, row_rng
-from .text import TextCodec, no_tokenizer_error, text_codec
+from .text import TextCodec, TextMethods, text_codec
 
 POLL_S = 1.0  # how often a waiting caller checks that the scheduler is still alive
 OPEN_MODELS: "weakref.WeakSet[LoadedModel]" = weakref.WeakSet()  # not yet closed (tests close leftovers)
@@ -59,7 +59,7 @@ class TokenStream:
         self.seq.cancel()
 
 
-class LoadedModel:
+class LoadedModel(TextMethods):
     def __init__(self, artifact: Artifact, backend: Backend, engine: Engine, scheduler: Scheduler):
         self.artifact = artifact
         self.backend = backend
@@ -68,22 +68,6 @@ class LoadedModel:
         self.config: dict[str, Any] = artifact.config
         self.codec: TextCodec | None = text_codec(artifact)
         OPEN_MODELS.add(self)
-
-    # ----- text -----------------------------------------------------------------------------------
-    @property
-    def has_tokenizer(self) -> bool:
-        return self.codec is not None
-
-    def encode_text(self, text: str) -> list[int]:
-        """Token ids for `text` through the artifact's tokenizer (GenerateError without one)."""
-        if self.codec is None:
-            raise no_tokenizer_error(self.artifact.path)
-        return self.codec.encode(text)
-
-    def decode_text(self, ids: list[int]) -> str:
-        if self.codec is None:
-            raise no_tokenizer_error(self.artifact.path)
-        return self.codec.decode(ids)
 
     # ----- requests -----------------------------------------------------------------------------
     def _sequences(self, input_ids, max_new_tokens: int, stop_tokens, sampling: SamplingOptions | None,

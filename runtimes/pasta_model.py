@@ -23,10 +23,10 @@ from .model import OPEN_MODELS
 from .pasta import SCHEDULES, PastaResult, PastaScheduler
 from .pasta_lang import Budgets, PastaTags
 from .sampling import SamplingOptions
-from .text import TextCodec, no_tokenizer_error, text_codec
+from .text import TextCodec, TextMethods, text_codec
 
 
-class PastaModel:
+class PastaModel(TextMethods):
     def __init__(self, artifact: Artifact, backend: Backend, engine: Engine, schedule: str):
         if schedule not in SCHEDULES:
             raise GenerateError(f"unknown PASTA schedule {schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
@@ -39,20 +39,6 @@ class PastaModel:
         self._lock = threading.Lock()
         self._closed = False
         OPEN_MODELS.add(self)
-
-    @property
-    def has_tokenizer(self) -> bool:
-        return self.codec is not None
-
-    def encode_text(self, text: str) -> list[int]:
-        if self.codec is None:
-            raise no_tokenizer_error(self.artifact.path)
-        return self.codec.encode(text)
-
-    def decode_text(self, ids: list[int]) -> str:
-        if self.codec is None:
-            raise no_tokenizer_error(self.artifact.path)
-        return self.codec.decode(ids)
 
     def generate(self, input_ids, budgets: Budgets | None = None, sampling: SamplingOptions | None = None,
                  schedule: str | None = None, forced: list[list[int]] | None = None,

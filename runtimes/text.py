@@ -54,3 +54,25 @@ def text_codec(artifact) -> TextCodec | None:
 def no_tokenizer_error(artifact_path) -> GenerateError:
     return GenerateError(f"artifact {artifact_path} has no tokenizer, so it cannot take or give text",
                          "send token ids, or compile from a checkpoint folder that has a tokenizer.json")
+
+
+class TextMethods:
+    """Text in and out for a loaded model with `codec` (TextCodec or None) and `artifact`."""
+
+    codec: "TextCodec | None"
+    artifact: object
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return self.codec is not None
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids for `text` through the artifact's tokenizer (GenerateError without one)."""
+        if self.codec is None:
+            raise no_tokenizer_error(self.artifact.path)
+        return self.codec.encode(text)
+
+    def decode_text(self, ids: list[int]) -> str:
+        if self.codec is None:
+            raise no_tokenizer_error(self.artifact.path)
+        return self.codec.decode(ids)

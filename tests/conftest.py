@@ -102,6 +102,18 @@ def artifacts(tmp_path_factory) -> ArtifactCache:
     return ArtifactCache(tmp_path_factory.mktemp("artifacts"))
 
 
+@pytest.fixture(scope="module", params=[1, 2], ids=["p1", "p2"])
+def pasta_compiled(request, artifacts):
+    """A compiled random-init PASTA model (p = 1, then p = 2), loaded, and its PyTorch model."""
+    from edgeseq.models.checkpoint import load_checkpoint
+    from edgeseq.runtimes import load
+
+    checkpoint, artifact = artifacts.get(family="pasta", n_stacks=request.param)
+    _, model = load_checkpoint(checkpoint)
+    with load(artifact) as runtime:
+        yield runtime, model
+
+
 def run_without_torch(art: Path) -> subprocess.CompletedProcess:
     """Load and run an artifact in a fresh interpreter where torch, onnx, transformers and
     edgeseq's torch-side packages cannot be imported (what an edge box has)."""

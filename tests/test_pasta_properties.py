@@ -6,17 +6,15 @@ training's (the runtime's teacher-forced logits equal PyTorch's under the layout
 import time
 
 import numpy as np
-import pytest
 import torch
 from edgeseq.models import pasta_task as T
-from edgeseq.models.checkpoint import load_checkpoint
 from edgeseq.models.pasta import batch_layout, masked_logits
-from edgeseq.pasta_parity import predecessors
-from edgeseq.runtimes import load
 from edgeseq.runtimes.pasta_lang import Budgets, Event, Kind, MainParser
 from edgeseq.runtimes.pasta_layout import pasta_layout
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from edgeseq.pasta_parity import predecessors
 
 VOCAB = T.PastaTask().vocab_size
 TAG_IDS = [T.PROMISE, T.TOPIC, T.TOKENS, T.CLOSE, T.ASYNC, T.END_ASYNC, T.SYNC, T.EOS]
@@ -46,21 +44,13 @@ def test_the_parser_takes_any_stream(stream):
             assert e.reason
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["p1", "p2"])
-def compiled(request, artifacts):
-    checkpoint, artifact = artifacts.get(family="pasta", n_stacks=request.param)
-    _, model = load_checkpoint(checkpoint)
-    with load(artifact) as runtime:
-        yield runtime, model
-
-
 @CASES
 @given(prompt=st.lists(plain, min_size=1, max_size=12), stream=st.lists(token, max_size=50),
        live=st.integers(1, 3), chunk_budget=st.integers(2, 8), total=st.integers(1, 60))
-def test_random_streams_through_the_scheduler(compiled, prompt, stream, live, chunk_budget, total):
+def test_random_streams_through_the_scheduler(pasta_compiled, prompt, stream, live, chunk_budget, total):
     """Any stream, fed as the threads' tokens: no exception, no hang, budgets held, and the
     same output in both schedules."""
-    runtime, _ = compiled
+    runtime, _ = pasta_compiled
     budgets = Budgets(live, chunk_budget, total)
     outputs = []
     for schedule in ("parallel", "sequential"):
@@ -93,8 +83,8 @@ def documents(draw):
 
 @CASES
 @given(doc=documents(), live=st.integers(1, 4))
-def test_runtime_masks_and_positions_equal_trainings(compiled, doc, live):
-    runtime, model = compiled
+def test_runtime_masks_and_positions_equal_trainings(pasta_compiled, doc, live):
+    runtime, model = pasta_compiled
     prompt, answer = doc
     pasta_layout(prompt + answer, len(prompt), T.TAGS)  # well-formed by construction
     result = runtime.generate([prompt], budgets=Budgets(live, 64, 200), forced=[answer], record_logits=True,

@@ -9,24 +9,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from edgeseq.cli import cli
 from edgeseq.models import pasta_task as T
-from edgeseq.models.checkpoint import load_checkpoint
 from edgeseq.models.pasta import batch_layout, generate_sequential, masked_logits
 from edgeseq.models.tasks import pasta_examples
-from edgeseq.pasta_parity import predecessors
-from edgeseq.runtimes import SamplingOptions, load
+from edgeseq.runtimes import SamplingOptions
 from edgeseq.runtimes.pasta_lang import Budgets
 
+from edgeseq.cli import cli
+from edgeseq.pasta_parity import predecessors
+
 WIDE = Budgets(max_chunk_tokens=64, max_tokens=200)  # nothing in a task document hits these
-
-
-@pytest.fixture(scope="module", params=[1, 2], ids=["p1", "p2"])
-def compiled(request, artifacts):
-    checkpoint, artifact = artifacts.get(family="pasta", n_stacks=request.param)
-    _, model = load_checkpoint(checkpoint)
-    with load(artifact) as runtime:
-        yield runtime, model
 
 
 def worst_forced_difference(runtime, model, examples, **kwargs) -> float:
@@ -45,22 +37,22 @@ def worst_forced_difference(runtime, model, examples, **kwargs) -> float:
 
 
 @pytest.mark.parametrize("schedule", ["parallel", "sequential"])
-def test_teacher_forced_logits_match_pytorch_under_pasta_masks(compiled, schedule):
-    runtime, model = compiled
+def test_teacher_forced_logits_match_pytorch_under_pasta_masks(pasta_compiled, schedule):
+    runtime, model = pasta_compiled
     examples = [e for k in (1, 2, 3, 4) for e in pasta_examples(2, seed=300 + k, k=k)]
     assert worst_forced_difference(runtime, model, examples, schedule=schedule) <= 1e-4
 
 
-def test_deferred_forks_change_nothing(compiled):
+def test_deferred_forks_change_nothing(pasta_compiled):
     """One chunk at a time while the main thread goes on: later chunks fork from the
     snapshot taken at their promise, not from the main row as it is by then."""
-    runtime, model = compiled
+    runtime, model = pasta_compiled
     examples = pasta_examples(3, seed=310, k=4)
     assert worst_forced_difference(runtime, model, examples, budgets=Budgets(1, 64, 200)) <= 1e-4
 
 
-def test_greedy_output_equals_the_torch_interpreter_in_both_schedules(compiled):
-    runtime, model = compiled
+def test_greedy_output_equals_the_torch_interpreter_in_both_schedules(pasta_compiled):
+    runtime, model = pasta_compiled
     prompts = [e.prompt for e in pasta_examples(6, seed=320)]
     budgets = Budgets(max_chunk_tokens=6, max_tokens=40)
     reference = [generate_sequential(model, p, budgets) for p in prompts]
@@ -68,8 +60,8 @@ def test_greedy_output_equals_the_torch_interpreter_in_both_schedules(compiled):
         assert [r.tokens for r in runtime.generate(prompts, budgets=budgets, schedule=schedule)] == reference
 
 
-def test_chunks_are_cut_at_their_budget_and_the_answer_at_max_tokens(compiled):
-    runtime, _ = compiled
+def test_chunks_are_cut_at_their_budget_and_the_answer_at_max_tokens(pasta_compiled):
+    runtime, _ = pasta_compiled
     e = pasta_examples(1, seed=330, k=3)[0]
     budgets = Budgets(max_chunk_tokens=4, max_tokens=30)
     results = [runtime.generate([e.prompt], budgets=budgets, forced=[e.spliced], schedule=s)[0]
@@ -80,8 +72,8 @@ def test_chunks_are_cut_at_their_budget_and_the_answer_at_max_tokens(compiled):
     assert results[0].tokens.count(T.END_ASYNC) == results[0].tokens.count(T.ASYNC)
 
 
-def test_sampling_draws_per_thread_streams_so_the_schedule_does_not_matter(compiled):
-    runtime, _ = compiled
+def test_sampling_draws_per_thread_streams_so_the_schedule_does_not_matter(pasta_compiled):
+    runtime, _ = pasta_compiled
     prompts = [e.prompt for e in pasta_examples(4, seed=340)]
     sampling = SamplingOptions(do_sample=True, temperature=1.5, seed=7)
     budgets = Budgets(max_chunk_tokens=8, max_tokens=48)
@@ -92,8 +84,8 @@ def test_sampling_draws_per_thread_streams_so_the_schedule_does_not_matter(compi
     assert other != runs[0]
 
 
-def test_the_timeline_shows_forks_waits_and_finishes(compiled):
-    runtime, _ = compiled
+def test_the_timeline_shows_forks_waits_and_finishes(pasta_compiled):
+    runtime, _ = pasta_compiled
     e = pasta_examples(1, seed=350, k=3)[0]
     result = runtime.generate([e.prompt], budgets=WIDE, forced=[e.spliced])[0]
     main, *chunks = result.threads

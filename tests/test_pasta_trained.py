@@ -10,8 +10,9 @@ import pytest
 from edgeseq.models.checkpoint import load_checkpoint
 from edgeseq.models.pasta import check_report, generate_sequential
 from edgeseq.models.pasta_task import MAX_QUERIES, pasta_check, pasta_examples
-from edgeseq.pipeline import compile_checkpoint
 from edgeseq.runtimes import load
+
+from edgeseq.pipeline import compile_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT_SEED = 123_456  # scripts/train_pasta.py's and benchmarks/pasta.py's
