@@ -112,6 +112,12 @@ def _pasta_passes(graphs, model, target, split):
     return graphs, {"pasta": section}
 
 
+def _pasta_exporter():
+    from edgeseq.exporters.stagformer import StagFormerExporter
+
+    return StagFormerExporter(family="pasta")
+
+
 def _pasta_parity(*args, **kwargs):
     from edgeseq.pasta_parity import pasta_parity
 
@@ -209,7 +215,7 @@ FAMILIES: dict[str, Family] = {
     ),
     "pasta": Family(
         "pasta", "writes its own parallelism (promise/async/sync), decoded by the PASTA scheduler",
-        _has_family("pasta"), _load_edgeseq, _stagformer_exporter, _pasta_passes, _pasta_parity,
+        _has_family("pasta"), _load_edgeseq, _pasta_exporter, _pasta_passes, _pasta_parity,
         _init_edgeseq("pasta"), _edgeseq_presets("pasta"),
     ),
 }

@@ -137,8 +137,9 @@ class StagFormerStepGraph(torch.nn.Module):
 
 
 class StagFormerExporter(FamilyExporter):
-    def __init__(self):
-        super().__init__(family="stagformer", atol=1e-4)
+    def __init__(self, family: str = "stagformer"):
+        # PASTA's models are StagFormers: the same graphs, under the "pasta" family name
+        super().__init__(family=family, atol=1e-4)
 
     def graph_specs(self, config) -> list[GraphSpec]:
         return [prefill_spec(config), step_spec(config)]
