@@ -1,0 +1,85 @@
+"""QuantizeWeightsPass: MatMuls by a weight matrix read int8 weights (issue 13's first step).
+
+At batch 1 a CPU decode step is bound by the weight bytes it reads; int8 weights read a
+quarter of fp32's. benchmarks/int8_kernels.py measured the candidates on this machine
+(t5-small step weights, 2 threads, results/int8_kernels.json): dynamic quantization (the
+activation quantized per call, int8 weights with one scale per output column,
+MatMulInteger) ran 3.1x fp32 at batch 1 and 2.5x at batch 8; MatMulNBits 8-bit ran
+0.05-0.09x with fp32 activations (no fast path for it here) and, computing in int8
+(accuracy_level 4, block 128), 3.0x at batch 1 but 1.3x at batch 8, with blockwise scales
+and a smaller error on that synthetic chain. This pass writes the dynamic kernel, which
+keeps batched steps fast: `com.microsoft.DynamicQuantizeMatMul(A, B_int8, b_scale[N],
+b_zero_point[N])`; whether model-level quality bounds favour MatMulNBits' blockwise
+scales is issue 13's next question.
+
+Only MatMuls whose right operand is a constant 2-D float matrix with at least
+`min_elements` entries are rewritten (projections, FFNs, the LM head); norms, softmax,
+attention over the caches and position biases stay fp32. Symmetric per-column scales
+(zero points 0), 7 bits of range (see WEIGHT_MAX). A weight read by several MatMuls is quantized once and stays shared.
+Requires: nothing. Ensures: fewer weight bytes per token, outputs within int8 rounding.
+ONNX Runtime CPU only; not yet wired into `compile --precision` (see issue 13).
+"""
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes import common
+
+from .fuse_attention import MS_DOMAIN, take_over
+
+MIN_ELEMENTS = 4096
+
+
+# 7 bits of weight (ONNX Runtime's reduce_range): without VNNI (this machine has AVX2 only)
+# the u8 x s8 kernel sums pairs of products in int16, and 255 * 127 * 2 overflows it
+# (measured: an all-ones MatMul came out at half its value); 255 * 63 * 2 does not
+WEIGHT_MAX = 63
+
+
+def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weights in [-63, 63] and one fp32 scale per output column (w ~ q * scale)."""
+    scale = np.abs(weight).max(axis=0) / WEIGHT_MAX
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # an all-zero column keeps scale 1
+    return np.clip(np.rint(weight / scale), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8), scale
+
+
+class QuantizeWeightsPass(ir.passes.InPlacePass):
+    def __init__(self, min_elements: int = MIN_ELEMENTS):
+        super().__init__()
+        self.min_elements = min_elements
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        shared: dict[int, tuple[ir.Value, ir.Value, ir.Value]] = {}  # weight value id -> its int8 inputs
+        changed = 0
+        for node in list(graph):
+            weight = node.inputs[1] if node.op_type == "MatMul" and len(node.inputs) == 2 else None
+            tensor = ir.convenience.get_const_tensor(weight) if weight is not None else None
+            if tensor is None or len(tensor.shape) != 2 or tensor.dtype != ir.DataType.FLOAT:
+                continue
+            if int(np.prod(tensor.shape.numpy())) < self.min_elements:
+                continue
+            if id(weight) not in shared:
+                shared[id(weight)] = self._initializers(graph, weight.name or f"w{changed}", tensor.numpy())
+            quantized = ir.node("DynamicQuantizeMatMul", [node.inputs[0], *shared[id(weight)]], domain=MS_DOMAIN,
+                                name=f"{node.name or weight.name}.int8")
+            graph.insert_after(node, quantized)
+            take_over(graph, node.outputs[0], quantized.outputs[0])
+            changed += 1
+        if changed:
+            model.opset_imports.setdefault(MS_DOMAIN, 1)
+            common.RemoveUnusedNodesPass()(model)
+            # weights no node reads any more (now int8) leave the graph
+            for name in [n for n, v in graph.initializers.items() if not v.uses() and v not in graph.outputs]:
+                graph.initializers.pop(name)
+        return ir.passes.PassResult(model, bool(changed))
+
+    @staticmethod
+    def _initializers(graph: ir.Graph, name: str, weight: np.ndarray) -> tuple[ir.Value, ir.Value, ir.Value]:
+        q, scale = quantize_columns(weight)
+        values = []
+        for suffix, array in (("int8", q), ("scale", scale), ("zero_point", np.zeros_like(q[0]))):
+            value = ir.Value(name=f"{name}.{suffix}", const_value=ir.tensor(array, name=f"{name}.{suffix}"),
+                             shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
+            graph.register_initializer(value)
+            values.append(value)
+        return tuple(values)
