@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from edgeseq.models.checkpoint import load_checkpoint
-from edgeseq.models.pasta import check_report, generate_sequential
-from edgeseq.models.pasta_task import MAX_QUERIES, pasta_check, pasta_examples
+from edgeseq.models.pasta import generate_sequential, outputs_report
+from edgeseq.models.pasta_task import pasta_examples_per_k
 from edgeseq.runtimes import load
 
 from edgeseq.pasta_bench import pasta_bench
@@ -34,7 +34,7 @@ HELD_OUT_SEED = 123_456  # scripts/train_pasta.py's held-out seed; training neve
 
 
 def held_out(per_k: int = 50) -> list:
-    return [e for k in range(1, MAX_QUERIES + 1) for e in pasta_examples(per_k, HELD_OUT_SEED + k, k=k)]
+    return pasta_examples_per_k(per_k, HELD_OUT_SEED)
 
 
 def agreement_report(artifact: Path, checkpoint: Path, examples: list, threads: int) -> dict:
@@ -45,14 +45,11 @@ def agreement_report(artifact: Path, checkpoint: Path, examples: list, threads: 
     reference = [generate_sequential(model, p) for p in prompts]
     with load(artifact, threads=threads) as runtime:
         runs = {s: [r.tokens for r in runtime.generate(prompts, schedule=s)] for s in ("parallel", "sequential")}
-    per_k: dict[int, list[dict]] = {}
-    for e, tokens in zip(examples, runs["parallel"]):
-        per_k.setdefault(len(e.queries), []).append(pasta_check(e, tokens))
     return {
         "prompts": len(prompts),
         "parallel_equals_interpreter": sum(a == b for a, b in zip(runs["parallel"], reference)),
         "sequential_equals_interpreter": sum(a == b for a, b in zip(runs["sequential"], reference)),
-        "held_out": check_report(per_k),
+        "held_out": outputs_report(examples, runs["parallel"]),
         "seconds": time.time() - start,
     }
 

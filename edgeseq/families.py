@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeseq.errors import CheckpointError, ConfigError
+from edgeseq.errors import BuildError, CheckpointError, ConfigError
 
 
 @dataclass
@@ -104,12 +104,14 @@ def _pasta_passes(graphs, model, target, split):
     runtime's parser and scheduler read, and the task vocabulary `inspect` shows."""
     from edgeseq.models.pasta_task import TAGS, PastaTask, pasta_examples
 
+    task = PastaTask()
+    if model.config.vocab_size != task.vocab_size:  # the tags, parity documents and bench prompts are the task's
+        raise BuildError(f"this PASTA checkpoint has vocab_size={model.config.vocab_size}, not the PASTA task's "
+                         f"{task.vocab_size}", "train it with scripts/train_pasta.py, or `edgeseq init pasta` without "
+                         "setting vocab_size")
     graphs, _ = _split_stages(graphs, model, target, split)
-    section = {"tags": TAGS.as_dict(), "vocabulary": {}, "bench_prompts": []}
-    if PastaTask().vocab_size == model.config.vocab_size:  # the task's model: its names and bench prompts
-        section["vocabulary"] = PastaTask().vocabulary()
-        section["bench_prompts"] = [e.prompt for e in pasta_examples(8, PASTA_BENCH_SEED, k=4)]
-    return graphs, {"pasta": section}
+    return graphs, {"pasta": {"tags": TAGS.as_dict(), "vocabulary": task.vocabulary(),
+                              "bench_prompts": [e.prompt for e in pasta_examples(8, PASTA_BENCH_SEED, k=4)]}}
 
 
 def _pasta_exporter():

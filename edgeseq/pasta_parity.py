@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from edgeseq.models.pasta import batch_layout, generate_sequential, masked_logits
-from edgeseq.models.pasta_task import TAGS, pasta_examples
+from edgeseq.models.pasta_task import TAGS, pasta_examples_per_k
 from edgeseq.runtimes.pasta_lang import Budgets
 from edgeseq.runtimes.pasta_layout import pasta_layout
 
@@ -36,7 +36,7 @@ def predecessors(ids: list[int], prompt_length: int, partial: bool = False) -> l
 
 def pasta_parity(runtime, model: torch.nn.Module, atol: float, steps: int = 64, seed: int = PARITY_SEED,
                  count: int = 8) -> dict[str, Any]:
-    examples = [e for k in range(1, 5) for e in pasta_examples(count // 4, seed + k, k=k)]
+    examples = pasta_examples_per_k(count // 4, seed)
     prompts, answers = [e.prompt for e in examples], [e.spliced for e in examples]
     budgets = Budgets(max_chunk_tokens=64, max_tokens=max(len(a) for a in answers) + 1)
     forced = runtime.generate(prompts, budgets=budgets, forced=answers, record_logits=True)

@@ -130,10 +130,15 @@ def generate_sequential(model, prompt: list[int], budgets: Budgets | None = None
 
 
 def held_out_report(model, examples: list[PastaExample], budgets: Budgets | None = None) -> dict:
-    """Well-formed and correct rates over examples, overall and per k."""
+    """Well-formed and correct rates of the torch interpreter over examples, overall and per k."""
+    return outputs_report(examples, [generate_sequential(model, e.prompt, budgets) for e in examples])
+
+
+def outputs_report(examples: list[PastaExample], outputs: list[list[int]]) -> dict:
+    """`check_report` of `pasta_check` on each example's output (any decoder's)."""
     per_k: dict[int, list[dict]] = {}
-    for e in examples:
-        per_k.setdefault(len(e.queries), []).append(pasta_check(e, generate_sequential(model, e.prompt, budgets)))
+    for e, output in zip(examples, outputs):
+        per_k.setdefault(len(e.queries), []).append(pasta_check(e, output))
     return check_report(per_k)
 
 

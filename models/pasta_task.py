@@ -141,6 +141,11 @@ def pasta_examples(count: int, seed: int, task: PastaTask | None = None, k: int 
     return out
 
 
+def pasta_examples_per_k(per_k: int, seed: int, task: PastaTask | None = None) -> list[PastaExample]:
+    """`per_k` examples for each k = 1..4 (k drawn from seed + k): a split stratified by k."""
+    return [e for k in range(1, MAX_QUERIES + 1) for e in pasta_examples(per_k, seed + k, task, k=k)]
+
+
 def parse_spliced(ids: list[int], task: "PastaTask | None" = None) -> tuple[list[tuple[int, int, list[int]]], list[int]] | None:
     """A spliced PASTA answer -> ([(topic index, promised N, chunk values)], final values),
     or None when it is not well-formed: k promises each followed by its chunk (typed values

@@ -73,22 +73,8 @@ def _build(artifact: Artifact, target: str, threads: int | None, schedule: str |
     if schedule == "recurrent":
         steps, handoffs = recurrent_step(artifact)
     concurrent = schedule == "concurrent" and len(steps) > 1
-    total = threads or os.cpu_count() or 1
-    per_stage = max(1, total // len(steps)) if concurrent else total
-    # one session at a time may spin its threads between kernels; concurrent stages must not
-    # (an idle stage's spinning threads would steal the busy one's cores)
-    backend = make_backend(artifact, target, total, {g: per_stage for g in steps}, low_memory, spin=not concurrent)
-    try:
-        engine = Engine(artifact, backend, max_batch, steps, concurrent, handoffs)
-    except BaseException:
-        backend.close()
-        raise
-    try:
-        return LoadedModel(artifact, backend, engine, Scheduler(engine, max_batch, max_queue))
-    except BaseException:
-        engine.close()
-        backend.close()
-        raise
+    return _assemble(artifact, target, threads, low_memory, steps, concurrent, max_batch, handoffs,
+                     lambda backend, engine: LoadedModel(artifact, backend, engine, Scheduler(engine, max_batch, max_queue)))
 
 
 def _build_pasta(artifact: Artifact, target: str, threads: int | None, schedule: str, low_memory: bool,
@@ -98,17 +84,26 @@ def _build_pasta(artifact: Artifact, target: str, threads: int | None, schedule:
     if schedule not in PASTA_SCHEDULES:
         raise LoadError(f"unknown PASTA schedule {schedule!r}", f"choose one of: {', '.join(PASTA_SCHEDULES)}")
     steps = list(artifact.manifest["decode"]["step"])
-    concurrent = len(steps) > 1
+    return _assemble(artifact, target, threads, low_memory, steps, len(steps) > 1, max(max_batch, 2), {},
+                     lambda backend, engine: PastaModel(artifact, backend, engine, schedule))
+
+
+def _assemble(artifact: Artifact, target: str, threads: int | None, low_memory: bool, steps: list[str],
+              concurrent: bool, rows: int, handoffs: dict[str, str], make_model):
+    """Sessions for the step graphs (the thread budget split between concurrent stages), the
+    engine over them, then `make_model(backend, engine)`; what was built is closed on failure."""
     total = threads or os.cpu_count() or 1
     per_stage = max(1, total // len(steps)) if concurrent else total
+    # one session at a time may spin its threads between kernels; concurrent stages must not
+    # (an idle stage's spinning threads would steal the busy one's cores)
     backend = make_backend(artifact, target, total, {g: per_stage for g in steps}, low_memory, spin=not concurrent)
     try:
-        engine = Engine(artifact, backend, max(max_batch, 2), steps, concurrent)
+        engine = Engine(artifact, backend, rows, steps, concurrent, handoffs)
     except BaseException:
         backend.close()
         raise
     try:
-        return PastaModel(artifact, backend, engine, schedule)
+        return make_model(backend, engine)
     except BaseException:
         engine.close()
         backend.close()

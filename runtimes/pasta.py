@@ -62,7 +62,6 @@ class Thread:
     logits: list[np.ndarray] = field(default_factory=list)  # per token, when recorded
     # chunks: where they fork (the main row's cache length and state after its promise)
     promised: int = 0
-    topic: int | None = None
     fork_length: int = 0
     fork_state: dict | None = None
     fork_position: int = 0
@@ -96,7 +95,6 @@ class Document:
     """One prompt's threads and its outcome."""
 
     index: int
-    prompt: list[int]
     main: Thread
     parser: MainParser
     chunks: list[Thread] = field(default_factory=list)
@@ -122,26 +120,22 @@ class Document:
         sequential interpreter writes it), each token's choosing logits (when recorded), and
         the stops: (index where the stopped thread's next token would go, why)."""
         tokens, logits, stops = [], [], []
-        by_promise = {c.main_before: c for c in self.chunks}
+        after = {c.main_before: c for c in self.chunks}  # chunk j follows the main token closing promise j
 
-        def take(thread: Thread, upto: int | None = None) -> None:
-            part = thread.tokens[:upto]
-            tokens.extend(part)
-            logits.extend((thread.logits + [None] * len(part))[: len(part)])
+        def recorded(thread: Thread, count: int) -> list:
+            return (thread.logits + [None] * count)[:count]  # None where nothing was recorded
 
-        def stopped_here(thread: Thread) -> None:
-            if thread.state == "stopped":
-                stops.append((len(tokens), thread.stop_reason))
-
-        for m in range(len(self.main.tokens) + 1):
-            chunk = by_promise.get(m)
-            if chunk is not None and m:
-                take(chunk)
-                stopped_here(chunk)
-            if m < len(self.main.tokens):
-                tokens.append(self.main.tokens[m])
-                logits.append(self.main.logits[m] if m < len(self.main.logits) else None)
-        stopped_here(self.main)
+        for m, token in enumerate(self.main.tokens, 1):
+            tokens.append(token)
+            logits.append(self.main.logits[m - 1] if m <= len(self.main.logits) else None)
+            chunk = after.get(m)
+            if chunk is not None:
+                tokens.extend(chunk.tokens)
+                logits.extend(recorded(chunk, len(chunk.tokens)))
+                if chunk.state == "stopped":
+                    stops.append((len(tokens), chunk.stop_reason))
+        if self.main.state == "stopped":
+            stops.append((len(tokens), self.main.stop_reason))
         return tokens, logits, stops
 
 
@@ -159,9 +153,6 @@ class PastaResult:
         """Tokens / longest sequential path: the speedup of unbounded threads at no cost per row."""
         return len(self.tokens) / max(self.longest_path, 1)
 
-    def counts(self) -> dict:
-        return {"chunks": len(self.threads) - 1, "main_tokens": self.threads[0]["tokens"],
-                "chunk_tokens": [t["tokens"] for t in self.threads[1:]]}
 
 
 class PastaScheduler:
@@ -203,18 +194,15 @@ class PastaScheduler:
             for doc, row in zip(docs, logits):
                 doc.main.state = "running"
                 self._choose(doc, doc.main, row)
-            while not all(doc.finished for doc in docs):
-                runnable = [t for doc in docs for t in self._runnable(doc)]
-                if not runnable and all(doc.finished for doc in docs):
-                    break  # the last waits just resolved
-                if not runnable:
-                    raise GenerateError("the PASTA scheduler has no thread to run", "report this as a bug")
+            while runnable := [t for doc in docs for t in self._runnable(doc)]:
                 runnable = self._first_rows(runnable)
                 step_logits = self.engine.step([t.seq for t in runnable])
                 self.step_count += 1
                 self.step_s.append(time.perf_counter() - start)
                 for t, row in zip(runnable, step_logits):
                     self._after_step(by_index[t.document], t, row)
+            if not all(doc.finished for doc in docs):
+                raise GenerateError("the PASTA scheduler has no thread to run", "report this as a bug")
         finally:
             for doc in docs:
                 for t in doc.threads:
@@ -235,7 +223,7 @@ class PastaScheduler:
     def _document(self, index: int, prompt: list[int], forced: list[int] | None) -> Document:
         main = Thread(MAIN, index, self._rng(index, MAIN), state="running")
         main.seq = Sequence(list(prompt), 1 << 30, frozenset())
-        doc = Document(index, list(prompt), main, MainParser(self.tags, self.vocab_size))
+        doc = Document(index, main, MainParser(self.tags, self.vocab_size))
         if forced is not None:
             doc.forced = split_threads(forced, self.tags)
         return doc
@@ -246,29 +234,28 @@ class PastaScheduler:
 
     # ----- which threads step ------------------------------------------------------------------
     def _runnable(self, doc: Document) -> list[Thread]:
-        """Start what may start, resolve the main thread's wait, then the threads to step."""
-        main = doc.main
-        if main.state == "waiting" and all(c.finished for c in doc.chunks):
+        """Start the chunks that may start, resolve the main thread's wait, then the threads
+        to step: every live one, or under the sequential schedule the live chunk alone (the
+        main thread goes on only when no chunk is open)."""
+        self._start_chunks(doc)
+        if doc.main.state == "waiting" and all(c.finished for c in doc.chunks):
             self._end_wait(doc)
+        live = [t for t in doc.threads if t.state in ("running", "flushing")]
         if self.schedule == "sequential":
-            live = [c for c in doc.chunks if c.state in ("running", "flushing")]
-            if not live:
-                pending = [c for c in doc.chunks if c.state == "pending"]
-                if pending:
-                    self._fork(doc, pending[0])
-                    live = [pending[0]] if pending[0].state == "running" else []
-                    if not live:  # stopped at once (a budget): the next step decides again
-                        return self._runnable(doc)
-            return live or ([main] if main.state == "running" else [])
-        running = sum(c.state in ("running", "flushing") for c in doc.chunks)
+            return [t for t in live if t is not doc.main][:1] or live
+        return live
+
+    def _start_chunks(self, doc: Document) -> None:
+        """Fork pending chunks, in promise order, while the schedule's live limit (one chunk
+        when sequential) and the engine's rows allow; a fork a budget stops frees its place."""
+        limit = 1 if self.schedule == "sequential" else self.budgets.max_live_threads
+        live = sum(c.state in ("running", "flushing") for c in doc.chunks)
         for c in doc.chunks:
-            if c.state == "pending" and running < self.budgets.max_live_threads \
-                    and self.engine.cache.rows < self.engine.cache.max_rows:
+            if live >= limit or self.engine.cache.rows >= self.engine.cache.max_rows:
+                return
+            if c.state == "pending":
                 self._fork(doc, c)
-                running += c.state == "running"
-        if main.state == "waiting" and all(c.finished for c in doc.chunks):
-            self._end_wait(doc)
-        return [t for t in doc.threads if t.state in ("running", "flushing")]
+                live += c.state == "running"
 
     def _end_wait(self, doc: Document) -> None:
         """Every chunk has finished: splice them (at a sync) or end the document (at eos)."""
@@ -308,7 +295,7 @@ class PastaScheduler:
         if t.state == "flushing":
             self._close_chunk(t)
             return
-        if t.index != MAIN and t.tokens[-1] == self.tags.end_async and len(t.tokens) > 1:
+        if t.index != MAIN and t.tokens[-1] == self.tags.end_async:  # tokens[0] is <async>
             if self.engine.lagging:  # </async>'s cross-cache entry is written by one more step
                 t.state, t.seq.next_token, t.seq.position = "flushing", self.pad, t.fork_position
             else:
@@ -417,7 +404,7 @@ def split_threads(answer: list[int], tags: PastaTags) -> dict[int, list[int]]:
     for token in answer:
         if chunk is not None:
             threads[chunk].append(token)
-            if token == tags.end_async and len(threads[chunk]) > 1:
+            if token == tags.end_async:
                 chunk = None
             continue
         if expect_chunk and token == tags.async_:

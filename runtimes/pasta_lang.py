@@ -40,6 +40,8 @@ and the output does not change.
 from dataclasses import dataclass
 from enum import Enum
 
+from edgeseq.errors import GenerateError
+
 
 @dataclass(frozen=True)
 class PastaTags:
@@ -71,8 +73,6 @@ class Budgets:
     max_tokens: int = 160  # the spliced answer's length
 
     def validate(self) -> None:
-        from edgeseq.errors import GenerateError
-
         for name, least in (("max_live_threads", 1), ("max_chunk_tokens", 2), ("max_tokens", 1)):
             if getattr(self, name) < least:
                 raise GenerateError(f"{name}={getattr(self, name)} must be at least {least}", f"set {name} >= {least}")

@@ -65,7 +65,7 @@ def pasta_layout(ids: list[int], prompt_length: int, tags: PastaTags, partial: b
                 thread[i], positions[i] = j, base + 1 + k
                 k += 1
                 i += 1
-                if ids[i - 1] == tags.end_async and k > 1:
+                if ids[i - 1] == tags.end_async:  # the chunk's first token is <async>
                     break
             else:
                 if not partial:

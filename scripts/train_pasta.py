@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from edgeseq.models.checkpoint import make_config, save_checkpoint
 from edgeseq.models.pasta import PastaCorpus, held_out_report, pasta_loss
-from edgeseq.models.pasta_task import MAX_QUERIES, pasta_examples
+from edgeseq.models.pasta_task import pasta_examples, pasta_examples_per_k
 from edgeseq.models.registry import family_spec
 from edgeseq.models.training import Converged, train
 
@@ -28,7 +28,7 @@ CHECK_EVERY = 250
 
 
 def validation_split() -> list:
-    return [e for k in range(1, MAX_QUERIES + 1) for e in pasta_examples(20, VALIDATION_SEED + k, k=k)]
+    return pasta_examples_per_k(20, VALIDATION_SEED)
 
 
 def good_enough(report: dict) -> bool:

@@ -4,6 +4,7 @@ deferred forks, greedy output against the torch sequential interpreter, budgets,
 sampling streams, the timeline, and the CLI."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,11 +12,12 @@ import torch
 from click.testing import CliRunner
 from edgeseq.models import pasta_task as T
 from edgeseq.models.pasta import batch_layout, generate_sequential, masked_logits
-from edgeseq.models.tasks import pasta_examples
-from edgeseq.runtimes import SamplingOptions
+from edgeseq.models.pasta_task import pasta_examples, pasta_examples_per_k
+from edgeseq.runtimes import SamplingOptions, load
 from edgeseq.runtimes.pasta_lang import Budgets
 
 from edgeseq.cli import cli
+from edgeseq.errors import GenerateError
 from edgeseq.pasta_parity import predecessors
 
 WIDE = Budgets(max_chunk_tokens=64, max_tokens=200)  # nothing in a task document hits these
@@ -39,7 +41,7 @@ def worst_forced_difference(runtime, model, examples, **kwargs) -> float:
 @pytest.mark.parametrize("schedule", ["parallel", "sequential"])
 def test_teacher_forced_logits_match_pytorch_under_pasta_masks(pasta_compiled, schedule):
     runtime, model = pasta_compiled
-    examples = [e for k in (1, 2, 3, 4) for e in pasta_examples(2, seed=300 + k, k=k)]
+    examples = pasta_examples_per_k(2, seed=300)
     assert worst_forced_difference(runtime, model, examples, schedule=schedule) <= 1e-4
 
 
@@ -122,3 +124,58 @@ def test_cli_inspect_shows_the_tags_and_bench_reports_both_schedules(artifacts):
     assert bench.exit_code == 0, bench.output
     report = json.loads(bench.output)["pasta"]
     assert report["wall_speedup"] > 0 and report["theoretical_speedup"] >= 1 and report["identical_outputs"]
+
+
+@pytest.mark.parametrize("budgets,message", [
+    (Budgets(0, 12, 96), "max_live_threads=0 must be at least 1"),
+    (Budgets(4, 1, 96), "max_chunk_tokens=1 must be at least 2"),
+    (Budgets(4, 12, 0), "max_tokens=0 must be at least 1"),
+])
+def test_bad_budgets_are_refused(pasta_compiled, budgets, message):
+    runtime, _ = pasta_compiled
+    with pytest.raises(GenerateError, match=message):
+        runtime.generate([[40, 41, T.BOS]], budgets=budgets)
+
+
+def test_bad_requests_are_refused_with_the_fix(pasta_compiled):
+    runtime, _ = pasta_compiled
+    limit = runtime.config["max_positions"]
+    with pytest.raises(GenerateError, match=f"the model's positions end at {limit}"):
+        runtime.generate([[40] * limit])
+    with pytest.raises(GenerateError, match="2 forced answers for 1 prompts"):
+        runtime.generate([[40, T.BOS]], forced=[[T.EOS], [T.EOS]])
+    with pytest.raises(GenerateError, match="unknown PASTA schedule 'concurrent'"):
+        runtime.generate([[40, T.BOS]], schedule="concurrent")
+
+
+def test_what_a_pasta_artifact_cannot_do_is_refused(artifacts, tmp_path):
+    from edgeseq.errors import BuildError, LoadError
+    from edgeseq.pasta_bench import pasta_bench
+    from edgeseq.serving.app import build_app
+
+    _, artifact = artifacts.get(family="pasta", n_stacks=1)
+    with pytest.raises(LoadError, match="unknown PASTA schedule 'recurrent'"):
+        load(artifact, schedule="recurrent")
+    model = load(artifact)
+    with pytest.raises(BuildError, match="does not serve pasta artifacts"):
+        build_app(model, "pasta", close_model=True)
+    assert model._closed  # closed by the refusal, not left running
+    edited = tmp_path / "edited"
+    shutil.copytree(artifact, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["pasta"]["bench_prompts"] = []
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BuildError, match="has no bench prompts"):
+        pasta_bench(edited, rounds=1)
+
+
+def test_a_checkpoint_off_the_task_vocabulary_is_refused_at_compile(tmp_path):
+    from edgeseq.models.checkpoint import init_checkpoint
+
+    from edgeseq.errors import BuildError
+    from edgeseq.pipeline import compile_checkpoint
+
+    checkpoint = init_checkpoint("pasta", tmp_path / "ckpt", sets=["vocab_size=64", "d_model=32", "n_layers=2"])
+    with pytest.raises(BuildError, match="vocab_size=64, not the PASTA task's 148"):
+        compile_checkpoint(checkpoint, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

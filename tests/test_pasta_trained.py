@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from edgeseq.models.checkpoint import load_checkpoint
-from edgeseq.models.pasta import check_report, generate_sequential
-from edgeseq.models.pasta_task import MAX_QUERIES, pasta_check, pasta_examples
+from edgeseq.models.pasta import generate_sequential, outputs_report
+from edgeseq.models.pasta_task import pasta_examples_per_k
 from edgeseq.runtimes import load
 
 from edgeseq.pipeline import compile_checkpoint
@@ -30,14 +30,11 @@ def trained(request, tmp_path_factory):
 
 
 def agree_and_answer(runtime, model, per_k: int) -> dict:
-    examples = [e for k in range(1, MAX_QUERIES + 1) for e in pasta_examples(per_k, HELD_OUT_SEED + k, k=k)]
+    examples = pasta_examples_per_k(per_k, HELD_OUT_SEED)
     results = runtime.generate([e.prompt for e in examples])
     for e, r in zip(examples, results):
         assert r.tokens == generate_sequential(model, e.prompt), "the parallel schedule left the interpreter"
-    per_k_checks: dict[int, list[dict]] = {}
-    for e, r in zip(examples, results):
-        per_k_checks.setdefault(len(e.queries), []).append(pasta_check(e, r.tokens))
-    return check_report(per_k_checks)
+    return outputs_report(examples, [r.tokens for r in results])
 
 
 def test_trained_model_agrees_with_the_interpreter_and_answers(trained):
