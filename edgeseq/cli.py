@@ -105,7 +105,7 @@ def init(family, out, preset, sets, seed, force, as_json):
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Artifact folder to write.")
 @click.option("--target", default="ort-cpu", show_default=True, help="ort-cpu (ort-cuda, ort-tensorrt, tensorrt: not yet).")
-@click.option("--precision", default="fp32", show_default=True, help="fp32 (fp16, bf16: not yet).")
+@click.option("--precision", default="fp32", show_default=True, help="fp32, or int8 (ort-cpu: int8 weights under the family's declared quality bounds); fp16, bf16: not on CPU.")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check parity against PyTorch.")
 @click.option("--split/--no-split", default=True, show_default=True, help="StagFormer: one graph per stack (--no-split keeps one step graph).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")

@@ -2,7 +2,7 @@
 
 A family exporter is mostly data (optimum's OnnxConfig idea): which graphs it emits,
 their inputs and outputs with symbolic dims, one torch module per graph, and the
-family's parity tolerance. `export_graphs` does the tracing for all of them.
+family's quality bounds per precision. `export_graphs` does the tracing for all of them.
 """
 
 import contextlib
@@ -17,6 +17,7 @@ import torch
 
 from edgeseq.errors import ExportError
 from edgeseq.graph_spec import ExportedGraph, GraphSpec, TensorSpec
+from edgeseq.quality import INT8_BOUNDS, QualityBounds
 
 # Sizes used for the example inputs of each symbolic dim. None may be 0 or 1: the
 # exporter would specialise the graph to that size (DESIGN §4).
@@ -35,6 +36,16 @@ class FamilyExporter:
 
     family: str
     atol: float = 1e-4  # max abs logit difference accepted at fp32
+    int8: QualityBounds | None = INT8_BOUNDS  # what int8 weights may cost (None: int8 not offered)
+    int8_keep_fp32: tuple[str, ...] = ()  # weight-name fragments whose MatMuls stay fp32 at int8
+
+    def bounds(self, precision: str) -> QualityBounds:
+        """The quality this family's artifacts promise at `precision` (edgeseq/quality.py)."""
+        if precision == "int8" and self.int8 is not None:
+            return self.int8
+        if precision != "fp32":
+            raise ValueError(f"the {self.family} exporter declares no bounds for precision {precision!r}")
+        return QualityBounds("fp32", self.atol)
 
     def graph_specs(self, config) -> list[GraphSpec]:
         raise NotImplementedError

@@ -54,6 +54,19 @@ def split_stagformer_steps(graphs: list, n_stacks: int) -> list:
     return out
 
 
+def quantize_graphs(graphs: list, keep_fp32: tuple[str, ...] = ()) -> list:
+    """`compile --precision int8`: int8 weights in every graph's weight MatMuls (QuantizeWeightsPass),
+    except those whose weight name contains one of `keep_fp32`. Inputs and outputs are unchanged."""
+    from .quantize_weights import QuantizeWeightsPass
+
+    for g in graphs:
+        try:
+            g.model = QuantizeWeightsPass(keep_fp32=keep_fp32)(g.model).model
+        except (ir.passes.PassError, ValueError) as e:
+            raise PassError(f"graph {g.spec.name!r}: {e}", "this is an edgeseq bug: report it with the checkpoint config") from e
+    return graphs
+
+
 def strip_pruned_units(graphs: list, plan: dict, fuse_kernels: bool = True) -> list:
     """NASH: run StripPrunedUnitsPass on every graph with one plan (then, for ONNX Runtime,
     FuseAttentionPass and FuseResidualNormPass), and make each graph's spec match what

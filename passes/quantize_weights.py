@@ -16,8 +16,9 @@ Only MatMuls whose right operand is a constant 2-D float matrix with at least
 `min_elements` entries are rewritten (projections, FFNs, the LM head); norms, softmax,
 attention over the caches and position biases stay fp32. Symmetric per-column scales
 (zero points 0), 7 bits of range (see WEIGHT_MAX). A weight read by several MatMuls is quantized once and stays shared.
+A family may keep named weights fp32 (`keep_fp32`, fragments of the weight's name).
 Requires: nothing. Ensures: fewer weight bytes per token, outputs within int8 rounding.
-ONNX Runtime CPU only; not yet wired into `compile --precision` (see issue 13).
+ONNX Runtime CPU only; `compile --precision int8` runs it after the family's passes.
 """
 
 import numpy as np
@@ -26,7 +27,7 @@ from onnx_ir.passes import common
 
 from .fuse_attention import MS_DOMAIN, take_over
 
-MIN_ELEMENTS = 4096
+MIN_ELEMENTS = 1024
 
 
 # 7 bits of weight (ONNX Runtime's reduce_range): without VNNI (this machine has AVX2 only)
@@ -43,9 +44,10 @@ def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class QuantizeWeightsPass(ir.passes.InPlacePass):
-    def __init__(self, min_elements: int = MIN_ELEMENTS):
+    def __init__(self, min_elements: int = MIN_ELEMENTS, keep_fp32: tuple[str, ...] = ()):
         super().__init__()
         self.min_elements = min_elements
+        self.keep_fp32 = keep_fp32
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -57,6 +59,8 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             if tensor is None or len(tensor.shape) != 2 or tensor.dtype != ir.DataType.FLOAT:
                 continue
             if int(np.prod(tensor.shape.numpy())) < self.min_elements:
+                continue
+            if any(fragment in (weight.name or "") for fragment in self.keep_fp32):
                 continue
             if id(weight) not in shared:
                 shared[id(weight)] = self._initializers(graph, weight.name or f"w{changed}", tensor.numpy())

@@ -57,15 +57,17 @@ def pasta_model(seed: int = 0, **overrides) -> StagFormerModel:
 
 
 class ArtifactCache:
-    """Compile each distinct (family, config, seed, split) once per session; tests share the folders."""
+    """Compile each distinct (family, config, seed, split, precision) once per session; tests share the folders."""
 
     def __init__(self, root: Path):
         self.root = root
 
-    def get(self, seed: int = 0, verify: bool = True, family: str = "red", split: bool = True, **overrides) -> tuple[Path, Path]:
+    def get(self, seed: int = 0, verify: bool = True, family: str = "red", split: bool = True, precision: str = "fp32",
+            **overrides) -> tuple[Path, Path]:
         key = hashlib.sha1(json.dumps([family, seed, verify, split, sorted(overrides.items())]).encode()).hexdigest()[:10]
-        ckpt, art = self.root / f"ckpt-{key}", self.root / f"art-{key}"
-        if not art.exists():
+        suffix = "" if precision == "fp32" else f"-{precision}"  # one checkpoint, an artifact per precision
+        ckpt, art = self.root / f"ckpt-{key}", self.root / f"art-{key}{suffix}"
+        if not ckpt.exists():
             if family == "nash":  # a Hugging Face folder: variant=t5-v1|t5-v1.1|bart, sparsity=S
                 from edgeseq.models.nash_checkpoints import (
                     nash_dims,
@@ -82,7 +84,8 @@ class ArtifactCache:
                 make = {"red": red_model, "stagformer": stagformer_model, "pasta": pasta_model}[family]
                 model = make(seed, **overrides)
                 save_checkpoint(model, family, ckpt, force=True)
-            compile_checkpoint(ckpt, art, verify=verify, split=split)
+        if not art.exists():
+            compile_checkpoint(ckpt, art, verify=verify, split=split, precision=precision)
         return ckpt, art
 
 
