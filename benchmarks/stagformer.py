@@ -2,11 +2,14 @@
 one graph, vs a plain p = 1 LM of equal depth; and shared vs separate weights.
 
 Edge-size preset (d_model 256, 8 layers, 2 stacks), random weights; batch 1 and 8; every
-configuration measured in this one run, alternating round by round, medians reported.
+configuration measured in this one run (edgeseq/bench.py `side_by_side`: each round
+starts from the next configuration, best of --repeats within a round, median over
+rounds), at fp32 and at int8 (`compile --precision int8`); every artifact carries the
+same kernel fusions (passes/__init__.py `fuse_kernels`).
 Also the time of each stage alone: the last stack carries the LM head, so the stages are
 not perfectly balanced. Writes benchmarks/results/stagformer-edge.json.
 
-    python benchmarks/stagformer.py [--workdir .cache/bench] [--rounds 5] [--threads 2]
+    python benchmarks/stagformer.py [--workdir .cache/bench] [--rounds 5] [--repeats 3] [--threads 2]
 """
 
 import argparse
@@ -21,17 +24,23 @@ from edgeseq.runtimes import load, read_artifact
 from edgeseq.runtimes.engine import Engine
 from edgeseq.runtimes.sequence import Sequence
 
-from edgeseq.bench import decode_tok_s, measure_bandwidth, sharing_report, sharing_table
+from edgeseq.bench import OrtEngine, measure_bandwidth, sharing_report, sharing_table, side_by_side
 from edgeseq.pipeline import compile_checkpoint
 
 RESULTS = Path(__file__).parent / "results" / "stagformer-edge.json"
 
 
-def build(workdir: Path, name: str, sets: list[str], split: bool = True) -> Path:
-    ckpt, art = workdir / name, workdir / f"{name}.artifact"
+def build(workdir: Path, name: str, sets: list[str], split: bool = True, precision: str = "fp32") -> Path:
+    ckpt, art = workdir / name, workdir / f"{name}{'' if precision == 'fp32' else '-' + precision}.artifact"
     init_checkpoint("stagformer", ckpt, "edge", sets, seed=0, force=True)
-    compile_checkpoint(ckpt, art, force=True, split=split)
+    compile_checkpoint(ckpt, art, force=True, split=split, precision=precision)
     return art
+
+
+def engine(name: str, artifact: Path, threads: int, schedule: str = "concurrent") -> OrtEngine:
+    e = OrtEngine(artifact, threads, schedule)
+    e.name = name
+    return e
 
 
 def stage_times_ms(model, prompt: list[int], repeats: int = 50) -> dict[str, float]:
@@ -56,51 +65,57 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, default=Path(".cache/bench"))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="total intra-op threads of every configuration")
     parser.add_argument("--new-tokens", type=int, default=64)
     args = parser.parse_args()
     t = args.threads
 
-    print("building the edge preset: split, unsplit, p = 1, shared weights ...", flush=True)
+    print("building the edge preset: split, unsplit, p = 1 (fp32 and int8), shared weights ...", flush=True)
     split = build(args.workdir, "stag-edge", [])
     unsplit = build(args.workdir, "stag-edge-unsplit", [], split=False)
     baseline = build(args.workdir, "stag-edge-p1", ["n_stacks=1"])
     shared = build(args.workdir, "stag-edge-shared", ["shared_weights=true"])
+    split_int8 = build(args.workdir, "stag-edge", [], precision="int8")
+    baseline_int8 = build(args.workdir, "stag-edge-p1", ["n_stacks=1"], precision="int8")
 
-    configs = {
-        f"split, stages concurrent ({t} threads: {max(1, t // 2)} per stage)": load(split, threads=t, schedule="concurrent"),
-        f"split, stages sequential ({t} threads each)": load(split, threads=t, schedule="sequential"),
-        f"unsplit, one graph ({t} threads)": load(unsplit, threads=t),
-        "unsplit, one graph (1 thread)": load(unsplit, threads=1),
-        f"p = 1 LM, equal depth ({t} threads)": load(baseline, threads=t),
-        "p = 1 LM, equal depth (1 thread)": load(baseline, threads=1),
-    }
+    concurrent = f"split, stages concurrent ({t} threads: {max(1, t // 2)} per stage)"
+    configs = [
+        engine(concurrent, split, t),
+        engine(f"split, stages sequential ({t} threads each)", split, t, "sequential"),
+        engine(f"unsplit, one graph ({t} threads)", unsplit, t),
+        engine("unsplit, one graph (1 thread)", unsplit, 1),
+        engine(f"p = 1 LM, equal depth ({t} threads)", baseline, t),
+        engine("p = 1 LM, equal depth (1 thread)", baseline, 1),
+        engine(f"int8: {concurrent}", split_int8, t),
+        engine(f"int8: p = 1 LM, equal depth ({t} threads)", baseline_int8, t),
+        engine("int8: p = 1 LM, equal depth (1 thread)", baseline_int8, 1),
+    ]
     rng = np.random.default_rng(0)
     rows = {b: rng.integers(3, 512, size=(b, 32)).tolist() for b in (1, 8)}
-    samples = {name: {1: [], 8: []} for name in configs}
-    for r in range(args.rounds):
-        print(f"round {r + 1}/{args.rounds}", flush=True)
-        for name, model in configs.items():
-            for b in (1, 8):
-                gen = lambda rs, n, m=model: m.generate(rs, n, stop_tokens=[])  # noqa: E731
-                samples[name][b].append(decode_tok_s(gen, rows[b], args.new_tokens))
-    table = {name: {f"decode_tok_s_b{b}": statistics.median(v) for b, v in s.items()} for name, s in samples.items()}
-    names = list(configs)
-    concurrent, unsplit_same, unsplit_1, p1_same, p1_1 = names[0], names[2], names[3], names[4], names[5]
+    table = side_by_side(configs, rows, args.new_tokens, args.rounds, args.repeats,
+                         on_round=lambda r: print(f"round {r + 1}/{args.rounds}", flush=True))
+    names = [c.name for c in configs]
+    unsplit_same, unsplit_1, p1_same, p1_1 = names[2], names[3], names[4], names[5]
+
+    def rate(name: str, b: int) -> float:
+        return table[name][f"decode_tok_s_b{b}"]
+
     ratios = {
         f"b{b}": {
-            "vs_unsplit_same_threads": table[concurrent][f"decode_tok_s_b{b}"] / table[unsplit_same][f"decode_tok_s_b{b}"],
-            "vs_best_unsplit": table[concurrent][f"decode_tok_s_b{b}"]
-            / max(table[unsplit_same][f"decode_tok_s_b{b}"], table[unsplit_1][f"decode_tok_s_b{b}"]),
-            "vs_best_p1": table[concurrent][f"decode_tok_s_b{b}"]
-            / max(table[p1_same][f"decode_tok_s_b{b}"], table[p1_1][f"decode_tok_s_b{b}"]),
+            "vs_unsplit_same_threads": rate(concurrent, b) / rate(unsplit_same, b),
+            "vs_best_unsplit": rate(concurrent, b) / max(rate(unsplit_same, b), rate(unsplit_1, b)),
+            "vs_best_p1": rate(concurrent, b) / max(rate(p1_same, b), rate(p1_1, b)),
+            "int8_vs_best_int8_p1": rate(names[6], b) / max(rate(names[7], b), rate(names[8], b)),
+            "int8_vs_fp32_split": rate(names[6], b) / rate(concurrent, b),
+            "int8_vs_fp32_p1": max(rate(names[7], b), rate(names[8], b)) / max(rate(p1_same, b), rate(p1_1, b)),
         }
         for b in (1, 8)
     }
     with load(split, threads=t, schedule="sequential") as sequential:
         stages = stage_times_ms(sequential, rows[1][0])
-    for model in configs.values():
-        model.close()
+    for c in configs:
+        c.model.close()
     manifest = read_artifact(split).manifest
     per_stage_bytes = manifest["stats"]["weight_bytes_per_token_per_graph"]
     sharing = sharing_report(shared=shared, separate=split)
@@ -120,7 +135,9 @@ def main() -> None:
     for b in (1, 8):
         r = ratios[f"b{b}"]
         print(f"\nbatch {b}: concurrent vs unsplit at {t} threads **{r['vs_unsplit_same_threads']:.2f}x**, "
-              f"vs the best unsplit {r['vs_best_unsplit']:.2f}x, vs the best p = 1 {r['vs_best_p1']:.2f}x")
+              f"vs the best unsplit {r['vs_best_unsplit']:.2f}x, vs the best p = 1 {r['vs_best_p1']:.2f}x; "
+              f"int8: split vs the best int8 p = 1 **{r['int8_vs_best_int8_p1']:.2f}x**, split int8 / fp32 "
+              f"{r['int8_vs_fp32_split']:.2f}x, p = 1 int8 / fp32 {r['int8_vs_fp32_p1']:.2f}x")
     print("\n| stage | ms alone (b1) | weight MB read per token |")
     print("|---|---|---|")
     for g, ms in stages.items():

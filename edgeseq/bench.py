@@ -165,6 +165,25 @@ class TorchEngine(Engine):
         return self.model.generate_greedy(*self._tensors(rows), n)
 
 
+def side_by_side(engines: list, rows: dict[int, list[list[int]]], new_tokens: int, rounds: int, repeats: int = 3,
+                 on_round: Callable[[int], None] | None = None) -> dict[str, dict[str, float]]:
+    """Prefill ms and decode tokens/s per batch size of every engine (anything with `name`,
+    `encode(rows)` and `generate(rows, n)`), measured the way every committed benchmark is:
+    each round starts from the next engine, each timing within a round is the best of
+    `repeats`, and each figure is the median over rounds. Samples are kept under "samples"."""
+    samples: dict[str, dict[str, list[float]]] = {e.name: {} for e in engines}
+    for r in range(rounds):
+        if on_round:
+            on_round(r)
+        for engine in engines[r % len(engines):] + engines[: r % len(engines)]:
+            time.sleep(0.2)  # the previous engine's pool threads stop spinning
+            s = samples[engine.name]
+            s.setdefault("prefill_ms", []).append(1000 * best_time(repeats, engine.encode, rows[1]))
+            for b, batch in rows.items():
+                s.setdefault(f"decode_tok_s_b{b}", []).append(decode_tok_s(engine.generate, batch, new_tokens, repeats))
+    return {name: {**{k: statistics.median(v) for k, v in s.items()}, "samples": s} for name, s in samples.items()}
+
+
 def _timed(fn: Callable, *args) -> float:
     start = time.perf_counter()
     fn(*args)
@@ -239,6 +258,7 @@ def bench_artifact(
     report = {
         "artifact": str(path),
         "family": ort_engine.model.artifact.family,
+        "precision": ort_engine.model.artifact.manifest["precision"],
         "threads": threads,
         "source_len": source_len,
         "new_tokens": new_tokens,

@@ -249,8 +249,10 @@ def inspect_cmd(artifact, as_json):
         f"artifact {info['total_bytes'] / 1e6:.2f} MB\n"
         f"per generated token: {s['flops_per_token'] / 1e6:.2f} MFLOPs in weights "
         f"+ {s['attention_flops_per_context_token']} FLOPs per context token in attention, "
-        f"{s['weight_bytes_per_token'] / 1e6:.2f} MB of weights read, "
-        f"sequential depth {s['sequential_depth_per_token']} layers"
+        f"{s['weight_bytes_per_token'] / 1e6:.2f} MB of weights read ({info['precision']}), "
+        f"sequential depth {s['sequential_depth_per_token']} layers\n"
+        f"roofline at batch 1: {info['roofline']['tok_s_b1']:,.0f} tok/s "
+        f"(bandwidth {info['roofline']['bandwidth_gb_s']:.1f} GB/s measured here / weight bytes per token)"
     )
     tokenizer = info.get("tokenizer")
     out_console.print(f"tokenizer: {tokenizer['file']} ({tokenizer['vocab_size']} tokens; --text works)" if tokenizer
@@ -267,7 +269,11 @@ def inspect_cmd(artifact, as_json):
         print_pasta_section(out_console, info["pasta"])
     if info["parity"]:
         p = info["parity"]
-        out_console.print(f"parity at compile: max |logit diff| {p['max_abs_logit_diff']:.2e}, greedy agreement {p['greedy_token_agreement']:.3f}")
+        quality = (f", mean {p['mean_abs_logit_diff']:.2e}, teacher-forced top-1 {p['top1_agreement']:.3f}"
+                   if "top1_agreement" in p else "")
+        out_console.print(f"parity at compile ({p.get('precision', 'fp32')}): max |logit diff| {p['max_abs_logit_diff']:.2e}"
+                          f"{quality}, greedy agreement {p['greedy_token_agreement']:.3f}, "
+                          f"{'within' if p['passed'] else 'OUTSIDE'} its bounds")
 
 
 def print_pruning(pruning) -> None:
@@ -392,7 +398,7 @@ def print_bench(report) -> None:
     out_console.print(
         f"{report['threads']} threads, source {report['source_len']}, {report['new_tokens']} new tokens, "
         f"{report['rounds']} rounds (medians); bandwidth {report['bandwidth_gb_s']:.1f} GB/s, "
-        f"{report['weight_bytes_per_token'] / 1e6:.2f} MB weights/token -> roofline {report['roofline_tok_s_b1']:.0f} tok/s at b1"
+        f"{report['weight_bytes_per_token'] / 1e6:.2f} MB weights/token ({report.get('precision', 'fp32')}) -> roofline {report['roofline_tok_s_b1']:.0f} tok/s at b1"
     )
     table = Table("position", "step ms", "weights MB", "cache MB", "roofline ms", "roofline fraction")
     for r in report["step_ms_by_position"]:

@@ -6,7 +6,18 @@ from typing import Any
 from edgeseq.runtimes.artifact import read_artifact
 
 
-def inspect_artifact(path: str | Path, verify: bool = True) -> dict[str, Any]:
+def roofline(weight_bytes_per_token: int, bandwidth_gb_s: float | None = None) -> dict[str, float]:
+    """At batch 1 a decode step reads every weight once: tokens/s can never exceed memory
+    bandwidth / weight bytes per token (bandwidth measured here unless given)."""
+    if bandwidth_gb_s is None:
+        from edgeseq.bench import measure_bandwidth
+
+        bandwidth_gb_s = measure_bandwidth(megabytes=64, repeats=3)
+    return {"bandwidth_gb_s": bandwidth_gb_s, "weight_bytes_per_token": weight_bytes_per_token,
+            "tok_s_b1": bandwidth_gb_s * 1e9 / weight_bytes_per_token}
+
+
+def inspect_artifact(path: str | Path, verify: bool = True, bandwidth_gb_s: float | None = None) -> dict[str, Any]:
     artifact = read_artifact(path, verify=verify)
     m = artifact.manifest
     files = m["files"]
@@ -34,11 +45,13 @@ def inspect_artifact(path: str | Path, verify: bool = True) -> dict[str, Any]:
         "graphs": graphs,
         "schedule": m.get("schedule", []),
         "stats": m["stats"],
+        "roofline": roofline(m["stats"]["weight_bytes_per_token"], bandwidth_gb_s),  # at the artifact's precision
         "files": {name: f["bytes"] for name, f in files.items()},
         "total_bytes": sum(f["bytes"] for f in files.values()),
         "tokenizer": m.get("tokenizer"),  # {"file", "vocab_size"} when text works, else None
         "pruning": m.get("pruning"),
         "pasta": {k: v for k, v in m["pasta"].items() if k != "bench_prompts"} if "pasta" in m else None,  # NASH: kept units, parameters and FLOPs before/after stripping
-        "parity": {k: parity[k] for k in ("max_abs_logit_diff", "greedy_token_agreement", "atol", "passed") if k in parity}
+        "parity": {k: parity[k] for k in ("precision", "max_abs_logit_diff", "mean_abs_logit_diff", "top1_agreement",
+                                           "greedy_token_agreement", "atol", "bounds", "passed") if k in parity}
         or None,
     }

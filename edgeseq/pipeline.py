@@ -13,7 +13,7 @@ from edgeseq.build import write_artifact, write_manifest
 from edgeseq.errors import BuildError, ParityError
 from edgeseq.exporters import export_graphs
 from edgeseq.families import family_of_checkpoint
-from edgeseq.passes import quantize_graphs, run_passes
+from edgeseq.passes import fuse_kernels, quantize_graphs, run_passes
 from edgeseq.runtimes import load as load_artifact
 from edgeseq.runtimes.backend import TARGETS, check_target
 from edgeseq.tokenizer_files import carry_tokenizer
@@ -68,6 +68,8 @@ def compile_checkpoint(
     graphs = export_graphs(model, exporter, on_graph=lambda spec: say(f"exporting {spec.name}"))
     say("running graph passes")
     graphs, extras = record.passes(graphs, model, target, split)
+    if target.startswith("ort"):
+        graphs = fuse_kernels(graphs)
     for g in graphs:
         g.model = run_passes(g.model, family, g.spec.name)
     if precision == "int8":

@@ -24,10 +24,10 @@ def _caches(prefix: str, cross_prefix: str, length, cross_length, c, **wiring) -
     out = []
     for k in range(c.n_stacks):
         own = {key: v[0] for key, v in wiring.items()}
-        out += [t for i in range(c.layers_per_stack) for t in kv_pair(prefix, f"{k}.{i}", h, length, dh, **own)]
+        out += [t for i in range(c.layers_in(k)) for t in kv_pair(prefix, f"{k}.{i}", h, length, dh, **own)]
         if k > 0:
             cross = {key: v[1] for key, v in wiring.items()}
-            out += [t for i in range(c.layers_per_stack) for t in kv_pair(cross_prefix, f"{k}.{i}", h, cross_length, dh, **cross)]
+            out += [t for i in range(c.layers_in(k)) for t in kv_pair(cross_prefix, f"{k}.{i}", h, cross_length, dh, **cross)]
     return tuple(_owned(t) for t in out)
 
 
@@ -114,19 +114,18 @@ class StagFormerStepGraph(torch.nn.Module):
 
     def forward(self, input_ids, positions, cache_length, *flat):
         c = self.model.config
-        n = c.layers_per_stack
         flat = list(flat)
 
-        def take_kv():
+        def take_kv(n: int):
             pairs = [(flat[2 * i], flat[2 * i + 1]) for i in range(n)]
             del flat[: 2 * n]
             return pairs
 
         caches, cross_caches = [], [None]
         for k in range(c.n_stacks):
-            caches.append(take_kv())
+            caches.append(take_kv(c.layers_in(k)))
             if k > 0:
-                cross_caches.append(take_kv())
+                cross_caches.append(take_kv(c.layers_in(k)))
         memories = flat  # memory.1 .. memory.{p-1}
         logits, new_caches, new_cross, outs = self.model.step_cached(
             input_ids, positions, cache_length, caches, cross_caches, memories
@@ -149,7 +148,7 @@ class StagFormerExporter(FamilyExporter):
 
     def sequential_depth_per_token(self, config, split: bool) -> int:
         # split: the stacks of one step run side by side; one graph runs them in turn
-        return config.layers_per_stack if split else config.n_layers
+        return max(config.stack_sizes) if split else config.n_layers
 
     def decode(self, config, split: bool) -> dict:
         step = [f"stage.{k}" for k in range(config.n_stacks)] if split else ["step"]

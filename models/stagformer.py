@@ -45,6 +45,10 @@ class StagFormerConfig:
     max_positions: int = 128
     shared_weights: bool = False  # stacks share all weights but their cross-attention
     cross_window: int = 0  # cross-attention sees the last w positions; 0 = all
+    # layers per stack, comma-separated ("5,3"); "" = n_layers split evenly. The last stack
+    # also runs the LM head and (like every stack but the first) a cross-attention per
+    # layer, so an uneven split can balance the concurrent stages' work
+    stack_layers: str = ""
     pad_token_id: int = 0
     bos_token_id: int = 1
     eos_token_id: int = 2
@@ -57,10 +61,22 @@ class StagFormerConfig:
             raise ConfigError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}", "choose n_heads that divides d_model"
             )
-        if self.n_layers % self.n_stacks:
+        if self.stack_layers:
+            try:
+                sizes = [int(part) for part in self.stack_layers.split(",")]
+            except ValueError:
+                raise ConfigError(f"stack_layers={self.stack_layers!r} is not a comma-separated list of layer counts",
+                                  'write one count per stack, e.g. stack_layers="5,3"') from None
+            if len(sizes) != self.n_stacks or sum(sizes) != self.n_layers or min(sizes) < 1:
+                raise ConfigError(f"stack_layers={self.stack_layers!r} does not cut n_layers={self.n_layers} into "
+                                  f"n_stacks={self.n_stacks} stacks of at least one layer",
+                                  f"give {self.n_stacks} counts of at least 1 that sum to {self.n_layers}")
+            if self.shared_weights and len(set(sizes)) > 1:
+                raise ConfigError("shared_weights=true needs stacks of equal depth", 'drop stack_layers or set it to equal counts')
+        elif self.n_layers % self.n_stacks:
             raise ConfigError(
                 f"n_layers={self.n_layers} cannot be cut into n_stacks={self.n_stacks} equal stacks",
-                "choose n_stacks that divides n_layers",
+                "choose n_stacks that divides n_layers, or set stack_layers (e.g. \"5,3\")",
             )
         if not 0 <= self.cross_window <= self.max_positions:
             raise ConfigError(
@@ -73,7 +89,17 @@ class StagFormerConfig:
 
     @property
     def layers_per_stack(self) -> int:
-        return self.n_layers // self.n_stacks
+        """The depth of the deepest stack (of every stack when split evenly)."""
+        return max(self.stack_sizes)
+
+    @property
+    def stack_sizes(self) -> tuple[int, ...]:
+        if self.stack_layers:
+            return tuple(int(part) for part in self.stack_layers.split(","))
+        return (self.n_layers // self.n_stacks,) * self.n_stacks
+
+    def layers_in(self, stack: int) -> int:
+        return self.stack_sizes[stack]
 
 
 PRESETS: dict[str, dict] = {
@@ -114,9 +140,9 @@ class Stack(nn.Module):
         self.index = index
         self.is_last = index == c.n_stacks - 1
         # shared weights: every stack registers the same Block objects (stored once)
-        self.blocks = blocks if blocks is not None else nn.ModuleList(Block(c) for _ in range(c.layers_per_stack))
+        self.blocks = blocks if blocks is not None else nn.ModuleList(Block(c) for _ in range(c.layers_in(index)))
         if index > 0:
-            self.cross = nn.ModuleList(CrossAttention(c) for _ in range(c.layers_per_stack))
+            self.cross = nn.ModuleList(CrossAttention(c) for _ in range(c.layers_in(index)))
             self.null_memory = nn.Parameter(torch.randn(c.d_model) * 0.02)
         if self.is_last:  # the LM head runs in the last stack only
             self.final_norm = nn.LayerNorm(c.d_model)
@@ -326,6 +352,7 @@ class StagFormerModel(nn.Module):
         return torch.cat(tokens, dim=1), torch.stack(step_logits, dim=1)
 
     def empty_cache(self, batch: int) -> list[KV]:
+        """Empty caches for the deepest stack (a shallower one reads its first layers')."""
         c = self.config
         shape = (batch, c.n_heads, 0, c.d_model // c.n_heads)
         return [(torch.zeros(shape), torch.zeros(shape)) for _ in range(c.layers_per_stack)]

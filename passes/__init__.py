@@ -54,6 +54,21 @@ def split_stagformer_steps(graphs: list, n_stacks: int) -> list:
     return out
 
 
+def fuse_kernels(graphs: list) -> list:
+    """ONNX Runtime targets, every family: one MatMul per group of projections of one
+    activation (PackProjectionsPass), and one skip-norm kernel per residual Add and the
+    norm after it (FuseResidualNormPass). Inputs and outputs are unchanged."""
+    from .fuse_residual_norm import FuseResidualNormPass
+    from .pack_projections import PackProjectionsPass
+
+    for g in graphs:
+        try:
+            g.model = ir.passes.Sequential(PackProjectionsPass(), FuseResidualNormPass())(g.model).model
+        except (ir.passes.PassError, ValueError) as e:
+            raise PassError(f"graph {g.spec.name!r}: {e}", "this is an edgeseq bug: report it with the checkpoint config") from e
+    return graphs
+
+
 def quantize_graphs(graphs: list, keep_fp32: tuple[str, ...] = ()) -> list:
     """`compile --precision int8`: int8 weights in every graph's weight MatMuls (QuantizeWeightsPass),
     except those whose weight name contains one of `keep_fp32`. Inputs and outputs are unchanged."""
@@ -69,10 +84,9 @@ def quantize_graphs(graphs: list, keep_fp32: tuple[str, ...] = ()) -> list:
 
 def strip_pruned_units(graphs: list, plan: dict, fuse_kernels: bool = True) -> list:
     """NASH: run StripPrunedUnitsPass on every graph with one plan (then, for ONNX Runtime,
-    FuseAttentionPass and FuseResidualNormPass), and make each graph's spec match what
-    is left (removed caches gone, per-layer head counts)."""
+    FuseAttentionPass, which finds its attentions from the plan), and make each graph's
+    spec match what is left (removed caches gone, per-layer head counts)."""
     from .fuse_attention import FuseAttentionPass
-    from .fuse_residual_norm import FuseResidualNormPass
     from .strip_pruned import StripPrunedUnitsPass
 
     out = []
@@ -81,7 +95,6 @@ def strip_pruned_units(graphs: list, plan: dict, fuse_kernels: bool = True) -> l
             model = StripPrunedUnitsPass(plan)(g.model).model
             if fuse_kernels:
                 model = FuseAttentionPass(plan)(model).model
-                model = FuseResidualNormPass()(model).model
         except (ir.passes.PassError, ValueError) as e:
             raise PassError(f"graph {g.spec.name!r}: {e}", "this is an edgeseq bug: report it with the checkpoint config") from e
         spec = GraphSpec(g.spec.name, g.spec.role, _respec(g.spec.inputs, model.graph.inputs),

@@ -1,16 +1,19 @@
-"""FuseResidualNormPass: a residual Add and the RMS norm after it become one ONNX Runtime kernel.
+"""FuseResidualNormPass: a residual Add and the norm after it become one ONNX Runtime kernel.
 
-In a pre-norm T5 block the residual sum `x = a + b` feeds both the next sublayer's norm
-and the next residual Add. ONNX Runtime's own SkipLayerNorm fusion only fires when the
-Add has the norm as its single reader, so every T5 sublayer kept a separate Add: 18
-extra kernels per t5-small decoder step. This pass writes
-`com.microsoft.SkipSimplifiedLayerNormalization(a, b, weight)` directly, whose fourth
-output is the sum itself, so the other readers of `x` take it from there.
-
-It matches the exporter's RMS norm (models/nash_modules.py `Norm`):
-    weight * (x / Sqrt(ReduceMean(Pow(x, 2), last axis) + eps)),  x = Add(a, b)
-with a and b both computed (not constants: a cut sublayer leaves `x + bias`, which the
-kernel's skip input would not broadcast). Anything else is left alone.
+In a pre-norm block the residual sum `x = a + b` feeds both the next sublayer's norm and
+the next residual Add. ONNX Runtime's own SkipLayerNorm fusion only fires when the Add
+has the norm as its single reader, so every pre-norm sublayer kept a separate Add (18
+extra kernels per t5-small decoder step, 8 per RED `small` step). This pass writes the
+skip kernel directly, whose fourth output is the sum itself, so the other readers of
+`x` take it from there:
+- the exporter's RMS norm (models/nash_modules.py `Norm`, T5),
+      weight * (x / Sqrt(ReduceMean(Pow(x, 2), last axis) + eps))
+  -> `com.microsoft.SkipSimplifiedLayerNormalization(a, b, weight)`;
+- `LayerNormalization(x, weight, bias)` over the last axis (RED, StagFormer, PASTA, BART)
+  -> `com.microsoft.SkipLayerNormalization(a, b, weight, bias)`;
+with x = Add(a, b), a and b both computed and of one shape (not constants: a cut
+sublayer leaves `x + bias`, which the kernel's skip input would not broadcast).
+Anything else is left alone.
 Requires: nothing. Ensures: the same outputs, one kernel fewer per fused pair.
 ONNX Runtime targets only.
 """
@@ -38,6 +41,7 @@ class FuseResidualNormPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         fused = sum(self._fuse(graph, node) for node in list(graph) if node.op_type == "Pow")
+        fused += sum(self._fuse_layer_norm(graph, node) for node in list(graph) if node.op_type == "LayerNormalization")
         if fused:
             model.opset_imports.setdefault(MS_DOMAIN, 1)
             common.RemoveUnusedNodesPass()(model)
@@ -57,24 +61,24 @@ class FuseResidualNormPass(ir.passes.InPlacePass):
             return False
         eps = _constant(_other_input(plus_eps, mean.outputs[0]))
         weight = _other_input(scale, div.outputs[0])
-        residual = x.producer()
-        if eps is None or eps.size != 1 or _constant(weight) is None or residual is None:
+        if eps is None or eps.size != 1 or _constant(weight) is None:
             return False
-        if residual.op_type != "Add" or any(
-            v is None or _constant(v) is not None for v in residual.inputs
-        ):
+        return _write_skip_norm(graph, x, scale.outputs[0], "SkipSimplifiedLayerNormalization", [weight], float(eps))
+
+    def _fuse_layer_norm(self, graph: ir.Graph, norm: ir.Node) -> bool:
+        x, weight = norm.inputs[0], norm.inputs[1]
+        bias = norm.inputs[2] if len(norm.inputs) > 2 else None
+        axis = norm.attributes.get("axis")
+        rank = len(x.shape) if x.shape is not None else None
+        if axis is not None and axis.as_int() != -1 and (rank is None or axis.as_int() != rank - 1):
             return False
-        fused = ir.node(
-            "SkipSimplifiedLayerNormalization", [residual.inputs[0], residual.inputs[1], weight],
-            attributes={"epsilon": float(eps)}, domain=MS_DOMAIN, num_outputs=4,
-            name=f"{residual.name or x.name}.skip_norm",
-        )
-        normed, mean_out, inv_std, total = fused.outputs
-        mean_out.name, inv_std.name = "", ""  # optional outputs left unset
-        graph.insert_after(residual, fused)
-        take_over(graph, scale.outputs[0], normed)
-        take_over(graph, x, total)
-        return True
+        if len(norm.outputs) > 1 and any(o.uses() for o in norm.outputs[1:]):
+            return False  # training outputs in use
+        if _constant(weight) is None or (bias is not None and _constant(bias) is None):
+            return False
+        eps = norm.attributes.get("epsilon")
+        return _write_skip_norm(graph, x, norm.outputs[0], "SkipLayerNormalization",
+                                [weight] + ([bias] if bias is not None else []), eps.as_float() if eps else 1e-5)
 
     @staticmethod
     def _last_axis_mean(mean: ir.Node, x: ir.Value) -> bool:
@@ -92,3 +96,24 @@ class FuseResidualNormPass(ir.passes.InPlacePass):
         axis = int(axes.reshape(-1)[0])
         rank = len(x.shape) if x.shape is not None else None
         return axis == -1 or (rank is not None and axis == rank - 1)
+
+
+def _write_skip_norm(graph: ir.Graph, x: ir.Value, normed_out: ir.Value, op: str, params: list, eps: float) -> bool:
+    """Replace `normed_out = norm(x)`, x = Add(a, b), by op(a, b, *params), whose fourth
+    output takes over x for its other readers."""
+    residual = x.producer()
+    if residual is None or residual.op_type != "Add" or any(
+        v is None or _constant(v) is not None for v in residual.inputs
+    ):
+        return False
+    a, b = residual.inputs
+    if a.shape is not None and b.shape is not None and (len(a.shape) != len(b.shape) or len(a.shape) not in (2, 3)):
+        return False  # the kernel takes [B, S, D] (or [T, D]) skip inputs of the input's shape
+    fused = ir.node(op, [a, b, *params], attributes={"epsilon": eps}, domain=MS_DOMAIN, num_outputs=4,
+                    name=f"{residual.name or x.name}.skip_norm")
+    normed, mean_out, inv_std, total = fused.outputs
+    mean_out.name, inv_std.name = "", ""  # optional outputs left unset
+    graph.insert_after(residual, fused)
+    take_over(graph, normed_out, normed)
+    take_over(graph, x, total)
+    return True

@@ -114,5 +114,88 @@ def test_t5_decoder_step_is_fused(t5_unpruned):
     residual_adds = [n for n in model.graph.node if n.op_type == "Add" and any(sublayer_output(i) for i in n.input)]
     assert residual_adds == []
     assert ops["Log"] == 0 and ops["Softmax"] == layers
-    # q, k, v, o, scores over the cache, context over the cache, cross q, cross o, 2 FFN; the LM head
-    assert ops["MatMul"] == 10 * layers + 1
+    # q, k and v packed into one (PackProjectionsPass), o, scores over the cache, context over
+    # the cache, cross q, cross o, 2 FFN; the LM head
+    assert ops["MatMul"] == 8 * layers + 1 and ops["Split"] == layers
+
+
+def layer_norm_graph() -> onnx.ModelProto:
+    """RED/StagFormer's pre-norm block: s = a + b; out = LayerNorm(s); next = s + out."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Add", ["a", "b"], ["s"]),
+        helper.make_node("LayerNormalization", ["s", "w", "bias"], ["out"], axis=-1, epsilon=1e-5),
+        helper.make_node("Add", ["s", "out"], ["next"]),
+    ]
+    inits = [helper.make_tensor("w", TensorProto.FLOAT, [D], rng.standard_normal(D).tolist()),
+             helper.make_tensor("bias", TensorProto.FLOAT, [D], rng.standard_normal(D).tolist())]
+    x = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3, D])  # noqa: E731
+    graph = helper.make_graph(nodes, "ln", [x("a"), x("b")], [x("out"), x("next")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def test_residual_layer_norm_becomes_one_kernel_with_the_same_outputs():
+    model = layer_norm_graph()
+    rng = np.random.default_rng(1)
+    feeds = {n: rng.standard_normal((1, 3, D), dtype=np.float32) for n in ("a", "b")}
+    after, modified = fused(model)
+    assert modified
+    assert [n.op_type for n in after.graph.node] == ["SkipLayerNormalization", "Add"]
+    for want, got in zip(run(model, feeds), run(after, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def projections_graph(shared_weight: bool) -> onnx.ModelProto:
+    """q, k, v = x @ Wq + bq, x @ Wk + bk, x @ Wv + bv (with `shared_weight`, a fourth
+    MatMul elsewhere reads Wv too)."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    for p in "qkv":
+        nodes += [helper.make_node("MatMul", ["x", f"W{p}"], [f"m{p}"]), helper.make_node("Add", [f"m{p}", f"b{p}"], [p])]
+        inits += [helper.make_tensor(f"W{p}", TensorProto.FLOAT, [D, D], rng.standard_normal(D * D).tolist()),
+                  helper.make_tensor(f"b{p}", TensorProto.FLOAT, [D], rng.standard_normal(D).tolist())]
+    outputs = list("qkv")
+    if shared_weight:
+        nodes.append(helper.make_node("MatMul", ["y", "Wv"], ["other"]))
+        outputs.append("other")
+    x = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 1, D])  # noqa: E731
+    graph = helper.make_graph(nodes, "qkv", [x("x"), x("y")], [x(o) for o in outputs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+@pytest.mark.parametrize("shared_weight", [False, True], ids=["own-weights", "one-weight-shared"])
+def test_projections_of_one_input_become_one_matmul(shared_weight):
+    from edgeseq.passes.pack_projections import PackProjectionsPass
+
+    model = projections_graph(shared_weight)
+    rng = np.random.default_rng(1)
+    feeds = {n: rng.standard_normal((2, 1, D), dtype=np.float32) for n in ("x", "y")}
+    result = PackProjectionsPass()(ir.from_proto(model))
+    after = ir.to_proto(result.model)
+    ops = collections.Counter(n.op_type for n in after.graph.node)
+    # a weight another node reads is not copied into the pack: q and k pack, v stays
+    assert ops["Split"] == 1 and ops["MatMul"] == (3 if shared_weight else 1)
+    assert ops["Add"] == (2 if shared_weight else 1)
+    for want, got in zip(run(model, feeds), run(after, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,overrides,graph", [
+    ("red", {}, "decoder_step"),
+    ("stagformer", {"n_layers": 4, "n_stacks": 2}, "stage.1"),
+])
+def test_red_and_stagformer_steps_are_fused(artifacts, family, overrides, graph):
+    """No plan needed: every pre-norm residual of a step meets its norm in one kernel, and
+    each layer's query/key/value projections are one MatMul (parity: test_red_parity.py,
+    test_stagformer.py)."""
+    _, art = artifacts.get(family=family, **overrides)
+    ops = _ops(art, graph)
+    assert ops["SkipLayerNormalization"] > 0 and ops["Split"] > 0
+    model = onnx.load(str(art / f"{graph}.onnx"), load_external_data=False)
+    residual_into_norm = [n for n in model.graph.node if n.op_type == "LayerNormalization"
+                          and any(p.op_type == "Add" and p.output[0] == n.input[0] for p in model.graph.node)]
+    assert residual_into_norm == []
