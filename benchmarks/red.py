@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 from edgeseq.models.checkpoint import init_checkpoint
 
-from edgeseq.bench import OrtEngine, TorchEngine, bench_artifact, measure_bandwidth, side_by_side, sharing_report, sharing_table
+from edgeseq.bench import (
+    OrtEngine,
+    TorchEngine,
+    bench_artifact,
+    measure_bandwidth,
+    sharing_report,
+    sharing_table,
+    side_by_side,
+)
 from edgeseq.pipeline import compile_checkpoint
 
 RESULTS = Path(__file__).parent / "results" / "red-small.json"

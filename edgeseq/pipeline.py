@@ -96,8 +96,9 @@ def compile_checkpoint(
             write_manifest(tmp, manifest)
             if not report["passed"]:
                 raise ParityError(
-                    f"{precision} quality bounds broken: {'; '.join(report['failures'])} "
-                    f"(greedy agreement {report['greedy_token_agreement']:.3f})",
+                    f"{precision} quality bounds broken ({'; '.join(report['failures']) or 'see the report'}): "
+                    f"max abs logit difference {report['max_abs_logit_diff']:.2e} (bound {report['atol']:.0e}), "
+                    f"greedy agreement {report['greedy_token_agreement']:.3f}",
                     "report this model config; --no-verify skips the check at your own risk",
                 )
     return manifest

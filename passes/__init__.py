@@ -59,11 +59,12 @@ def fuse_kernels(graphs: list) -> list:
     activation (PackProjectionsPass), and one skip-norm kernel per residual Add and the
     norm after it (FuseResidualNormPass). Inputs and outputs are unchanged."""
     from .fuse_residual_norm import FuseResidualNormPass
-    from .pack_projections import PackProjectionsPass
+    from .pack_projections import PackProjectionsPass, shareable_groups
 
+    allowed = shareable_groups([g.model for g in graphs])  # shared weights stay stored once
     for g in graphs:
         try:
-            g.model = ir.passes.Sequential(PackProjectionsPass(), FuseResidualNormPass())(g.model).model
+            g.model = ir.passes.Sequential(PackProjectionsPass(allowed), FuseResidualNormPass())(g.model).model
         except (ir.passes.PassError, ValueError) as e:
             raise PassError(f"graph {g.spec.name!r}: {e}", "this is an edgeseq bug: report it with the checkpoint config") from e
     return graphs

@@ -7,6 +7,10 @@ concatenated along their output axis, one Add of the concatenated biases, and a 
 that hands each former reader its part: three kernels, the same weight bytes, and under
 `--precision int8` one activation quantization instead of three.
 
+Packs are in weight-name order, so graphs sharing weights share their packs too; a group
+is packed only where every graph reading its weights packs the same group (`allowed`,
+from `shareable_groups`): packing a weight another graph reads unpacked, or in another
+group, would store it twice (RED's encoder and decoder step share their layers).
 Grouped: MatMuls whose left input is the same value and whose right input is a constant
 2-D float weight read by nothing else (a weight shared with another node stays where it
 is: packing would copy it). A member's bias is taken along only when every member has
@@ -54,18 +58,39 @@ def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return value
 
 
+def _groups(graph: ir.Graph) -> list[list[tuple[ir.Node, np.ndarray]]]:
+    """The packable groups of a graph, each in weight-name order."""
+    by_input: dict[int, list[tuple[ir.Node, np.ndarray]]] = defaultdict(list)
+    for node in graph:
+        weight = _weight(node)
+        if weight is not None:
+            by_input[id(node.inputs[0])].append((node, weight))
+    return [sorted(members, key=lambda m: m[0].inputs[1].name or "") for members in by_input.values()
+            if len(members) >= 2 and len({w.shape[0] for _, w in members}) == 1]
+
+
+def _names(members: list[tuple[ir.Node, np.ndarray]]) -> tuple[str, ...]:
+    return tuple(n.inputs[1].name or "" for n, _ in members)
+
+
+def shareable_groups(models: list[ir.Model]) -> set[tuple[str, ...]]:
+    """The groups (weight names) that every graph reading any of their weights packs alike."""
+    groups = [{_names(m) for m in _groups(model.graph)} for model in models]
+    readers = [set(model.graph.initializers) for model in models]
+    return {group for packs in groups for group in packs
+            if all(group in groups[i] for i, names in enumerate(readers) if names & set(group))}
+
+
 class PackProjectionsPass(ir.passes.InPlacePass):
+    def __init__(self, allowed: set[tuple[str, ...]] | None = None):
+        super().__init__()
+        self.allowed = allowed  # None: every group (a graph on its own)
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        groups: dict[int, list[tuple[ir.Node, np.ndarray]]] = defaultdict(list)
-        for node in graph:
-            weight = _weight(node)
-            if weight is not None:
-                groups[id(node.inputs[0])].append((node, weight))
         packed = 0
-        for members in groups.values():
-            rows = {w.shape[0] for _, w in members}
-            if len(members) >= 2 and len(rows) == 1:
+        for members in _groups(graph):
+            if self.allowed is None or _names(members) in self.allowed:
                 self._pack(graph, members, packed)
                 packed += 1
         if packed:

@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-from edgeseq.errors import GenerateError, StepError
+from edgeseq.errors import GenerateError, LoadError, StepError
 
 from .artifact import Artifact
 from .backend import Backend
@@ -110,7 +110,11 @@ class Engine:
         self.handoff_sources = {name: t["source"] for name, t in state.items() if t["role"] == "handoff"}
         self.handoff_sources.update(handoff_sources or {})
         self.handoffs = [(out, name) for name, out in self.handoff_sources.items() if out in produced]
-        self.logits_output = next(t["name"] for g in self.step_graphs for t in graphs[g]["outputs"] if t["role"] == "logits")
+        self.logits_output = next((t["name"] for g in self.step_graphs for t in graphs[g]["outputs"]
+                                   if t["role"] == "logits"), None)
+        if self.logits_output is None:
+            raise LoadError(f"no graph of the step ({', '.join(self.step_graphs)}) has a logits output in the manifest",
+                            "recompile the artifact with `edgeseq compile`")
         self.once_logits = next((t["name"] for t in graphs[self.once]["outputs"] if t["role"] == "logits"), None)
         self.ids = np.zeros((max_rows, 1), dtype=np.int64)
         self.positions = np.zeros((max_rows, 1), dtype=np.int64)

@@ -24,11 +24,13 @@ GRID = {
     "p2-shared": dict(n_stacks=2, n_layers=4, shared_weights=True),
     "p2-window2": dict(n_stacks=2, n_layers=4, cross_window=2),
     "p1-baseline": dict(n_stacks=1, n_layers=2),
+    "p2-uneven": dict(n_stacks=2, n_layers=4, stack_layers="3,1"),  # a deeper first stack
+    "p3-uneven": dict(n_stacks=3, n_layers=4, stack_layers="1,1,2"),
 }
 
 
-FAST = [("p2", True), ("p2", False), ("p2-shared", True), ("p1-baseline", True)]
-SLOW = [("p3", True), ("p2-window2", True), ("p2-shared", False)]
+FAST = [("p2", True), ("p2", False), ("p2-shared", True), ("p1-baseline", True), ("p2-uneven", True)]
+SLOW = [("p3", True), ("p2-window2", True), ("p2-shared", False), ("p2-uneven", False), ("p3-uneven", True)]
 
 
 @pytest.mark.parametrize("name, split", FAST, ids=lambda v: v if isinstance(v, str) else ("split" if v else "unsplit"))
@@ -185,3 +187,23 @@ def test_recurrent_decoding_needs_shared_weights_and_a_split(artifacts):
     _, unsplit = artifacts.get(family="stagformer", split=False, **GRID["p2-shared"])
     with pytest.raises(LoadError, match="needs a split artifact"):
         load(unsplit, schedule="recurrent")
+
+
+def test_an_uneven_split_gives_each_stage_its_own_depth(artifacts):
+    _, art = artifacts.get(family="stagformer", n_stacks=2, n_layers=4, stack_layers="3,1")
+    manifest = read_artifact(art).manifest
+    caches = {g: sum(t["role"] == "cache" and t["name"].startswith("past_key.") for t in manifest["graphs"][g]["inputs"])
+              for g in ("stage.0", "stage.1")}
+    assert caches == {"stage.0": 3, "stage.1": 1}
+    assert manifest["stats"]["sequential_depth_per_token"] == 3
+
+
+@pytest.mark.parametrize("sets, message", [
+    ({"stack_layers": "3,2"}, "does not cut n_layers=4"),
+    ({"stack_layers": "4,0"}, "at least one layer"),
+    ({"stack_layers": "two,two"}, "not a comma-separated list"),
+    ({"stack_layers": "3,1", "shared_weights": True}, "shared_weights=true needs stacks of equal depth"),
+])
+def test_bad_stack_layers_say_what_to_write(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config("stagformer", "tiny", {"n_stacks": 2, "n_layers": 4, **sets})
