@@ -3,7 +3,7 @@
 Every distinct weight (by content) is written once to weights.bin, 64-byte aligned; each
 graph's initializers point into it as ONNX external data, and the manifest maps each
 graph's initializer names to the shared tensor records so the runtime loads each once.
-Tiny constants (shape scalars and the like) stay inline in their graph.
+Tiny constants and int64 tensors (shapes, split sizes, indices) stay inline in their graph.
 """
 
 import hashlib
@@ -60,7 +60,9 @@ def externalize(graph: ExportedGraph, store: WeightStore, folder: Path) -> dict[
     names = {}
     for value in graph.model.graph.initializers.values():
         tensor = value.const_value
-        if tensor is None or tensor.nbytes < INLINE_BELOW_BYTES:
+        # integer tensors are shapes, sizes and indices (ONNX Runtime's shape inference reads
+        # a Split's sizes at load time, and cannot from external data): they stay inline
+        if tensor is None or tensor.nbytes < INLINE_BELOW_BYTES or tensor.dtype == ir.DataType.INT64:
             continue
         key = store.add(tensor.numpy())
         record = store.tensors[key]

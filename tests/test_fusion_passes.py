@@ -199,3 +199,19 @@ def test_red_and_stagformer_steps_are_fused(artifacts, family, overrides, graph)
     residual_into_norm = [n for n in model.graph.node if n.op_type == "LayerNormalization"
                           and any(p.op_type == "Add" and p.output[0] == n.input[0] for p in model.graph.node)]
     assert residual_into_norm == []
+
+
+def test_a_pack_of_many_projections_keeps_its_split_sizes_inline(tmp_path):
+    """t5-small's encoder packs twelve cross-attention projections: the Split's 96-byte
+    sizes must stay in the graph (ONNX Runtime reads them at load), not go to weights.bin."""
+    from edgeseq.build import WeightStore, externalize
+    from edgeseq.graph_spec import ExportedGraph, GraphSpec
+
+    sizes = ir.Value(name="sizes", const_value=ir.tensor(np.full(12, 4, np.int64), name="sizes"))
+    weight = ir.Value(name="w", const_value=ir.tensor(np.ones((64, 64), np.float32), name="w"))
+    graph = ir.Graph([], [], nodes=[], initializers=[sizes, weight], opset_imports={"": 18})
+    store = WeightStore(tmp_path / "weights.bin")
+    names = externalize(ExportedGraph(GraphSpec("g", "encoder", (), ()), ir.Model(graph, ir_version=9)), store, tmp_path)
+    store.close()
+    assert names == {"w": next(iter(store.tensors))}
+    assert not isinstance(sizes.const_value, ir.ExternalTensor)
