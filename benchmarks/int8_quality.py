@@ -16,13 +16,13 @@ import argparse
 import json
 from pathlib import Path
 
-from edgeseq.families import FAMILIES
 from edgeseq.models.pasta import outputs_report
 from edgeseq.models.pasta_task import pasta_examples_per_k
 from edgeseq.models.tasks import CompositionTask, exact_match
 from edgeseq.runtimes import load
 
 from edgeseq.demo import HELD_OUT_SEED
+from edgeseq.families import FAMILIES
 from edgeseq.pipeline import compile_checkpoint
 
 RESULTS = Path(__file__).parent / "results" / "int8-quality.json"

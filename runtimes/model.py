@@ -71,7 +71,7 @@ class LoadedModel(TextMethods):
 
     # ----- requests -----------------------------------------------------------------------------
     def _sequences(self, input_ids, max_new_tokens: int, stop_tokens, sampling: SamplingOptions | None,
-                   return_logits: bool, timeout: float | None) -> list[Sequence]:
+                   return_logits: bool, timeout: float | None, streamed: bool = False) -> list[Sequence]:
         sampling = sampling or SamplingOptions()
         sampling.validate()
         if max_new_tokens < 1:
@@ -80,7 +80,7 @@ class LoadedModel(TextMethods):
         self._check_lengths(max(len(r) for r in rows), max_new_tokens)
         stops = frozenset([self.config["eos_token_id"]] if stop_tokens is None else (int(t) for t in stop_tokens))
         deadline = time.monotonic() + timeout if timeout is not None else None
-        return [Sequence(row, max_new_tokens, stops, sampling, row_rng(sampling, b), deadline, return_logits)
+        return [Sequence(row, max_new_tokens, stops, sampling, row_rng(sampling, b), deadline, return_logits, streamed)
                 for b, row in enumerate(rows)]
 
     def _check_lengths(self, longest: int, max_new_tokens: int) -> None:
@@ -147,7 +147,7 @@ class LoadedModel(TextMethods):
         """Yield one prompt's token ids as soon as each is chosen. Closing the stream early
         (`close()`, from any thread, or dropping it) cancels the request; its cache row is
         freed at the next step."""
-        seqs = self._sequences(input_ids, max_new_tokens, stop_tokens, sampling, False, timeout)
+        seqs = self._sequences(input_ids, max_new_tokens, stop_tokens, sampling, False, timeout, streamed=True)
         if len(seqs) != 1:
             raise GenerateError(f"stream takes one prompt, not {len(seqs)}", "call stream once per prompt, or generate for a batch")
         (seq,) = seqs

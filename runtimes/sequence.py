@@ -35,6 +35,9 @@ class Sequence:
     rng: np.random.Generator | None = None
     deadline: float | None = None  # time.monotonic() value
     return_logits: bool = False
+    # whether each token goes to `events` as it is chosen (`stream`); `generate` waits for the
+    # end only, so its caller's thread is not woken (and the GIL not handed over) per token
+    streamed: bool = True
     id: int = field(default_factory=lambda: next(_ids))
     # decoding state
     slot: int | None = None  # cache row, owned by the cache manager
@@ -56,7 +59,8 @@ class Sequence:
         self.tokens.append(token)
         if self.return_logits and logits is not None:
             self.logits.append(logits)
-        self.events.put(token)
+        if self.streamed:
+            self.events.put(token)
         self.next_token = token
         return token in self.stops or len(self.tokens) >= self.max_new_tokens
 
