@@ -21,6 +21,8 @@ bench:
     .venv/bin/python benchmarks/nash.py
     .venv/bin/python benchmarks/engine.py
     .venv/bin/python benchmarks/attention_kernels.py
+    .venv/bin/python benchmarks/int8_kernels.py
+    .venv/bin/python benchmarks/int8_quality.py
     .venv/bin/python benchmarks/serving.py
     .venv/bin/python benchmarks/pasta.py
 
