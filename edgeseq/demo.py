@@ -1,5 +1,6 @@
 """`just demo` / `bash scripts/demo.sh`: train (or reuse) a tiny RED on the composition task,
-compile it, and answer held-out queries with PyTorch and with ONNX Runtime side by side.
+compile it, and answer held-out queries with PyTorch and with ONNX Runtime side by side,
+then again with int8 weights (`--precision int8`), whose accuracy must stay within a point.
 
     python -m edgeseq.demo [--workdir .cache/demo] [--steps 2000] [--retrain]
 """
@@ -24,6 +25,7 @@ from edgeseq.models.training import (
     train_until_accurate,
 )
 from edgeseq.pipeline import compile_checkpoint
+from edgeseq.quality import INT8_BOUNDS
 from edgeseq.runtimes import load
 
 HELD_OUT_SEED = 123_456  # never produced by the training sampler's seeds
@@ -122,6 +124,20 @@ def main(argv=None) -> int:
         return 1
     if ort_acc < ACCURACY_BAR:
         console.print(f"[red]held-out accuracy {ort_acc:.1%} is below the bar ({ACCURACY_BAR:.0%})[/]")
+        return 1
+    int8_art = args.workdir / "red-composition.int8.artifact"
+    with console.status("compiling with --precision int8 (int8 weights, quality bounds checked)"):
+        compile_checkpoint(ckpt, int8_art, precision="int8", force=True)
+    with load(int8_art, threads=1, max_batch=args.queries) as runtime:
+        run_int8 = lambda: runtime.generate(source.tolist(), max_new_tokens=task.target_length).tokens  # noqa: E731
+        run_int8()
+        start = time.perf_counter()
+        int8_acc = exact_match(run_int8(), target)
+        int8_seconds = time.perf_counter() - start
+    console.print(f"int8 weights: accuracy {int8_acc:.1%} (fp32 {ort_acc:.1%}), "
+                  f"{generated / int8_seconds:,.0f} tok/s on ONNX Runtime (1 thread)")
+    if int8_acc < ort_acc - INT8_BOUNDS.max_accuracy_drop_points / 100:
+        console.print(f"[red]int8 accuracy is more than {INT8_BOUNDS.max_accuracy_drop_points:g} point below fp32's[/]")
         return 1
     # the console script sits beside this interpreter (e.g. .venv/bin), maybe not on PATH
     script = Path(sys.executable).parent / "edgeseq"
