@@ -235,14 +235,7 @@ def bench_artifact(
         torch_engine.generate(rows[max(batches)], 4)
         resident[torch_engine.name] = resident_mb() - before
         engines.append(torch_engine)
-    samples: dict[str, dict[str, list[float]]] = {e.name: {} for e in engines}
-    for r in range(rounds):
-        say(f"round {r + 1}/{rounds}")
-        for engine in engines:
-            s = samples[engine.name]
-            s.setdefault("prefill_ms", []).append(1000 * _timed(engine.encode, rows[1]))
-            for b in batches:
-                s.setdefault(f"decode_tok_s_b{b}", []).append(decode_tok_s(engine.generate, rows[b], new_tokens))
+    medians = side_by_side(engines, rows, new_tokens, rounds, repeats=1, on_round=lambda r: say(f"round {r + 1}/{rounds}"))
     ort_engine.model.close()
     say("measuring memory bandwidth")
     bandwidth = measure_bandwidth()
@@ -250,7 +243,7 @@ def bench_artifact(
     roofline = bandwidth * 1e9 / bytes_per_token
     results = []
     for engine in engines:
-        row = {k: statistics.median(v) for k, v in samples[engine.name].items()}
+        row = {k: v for k, v in medians[engine.name].items() if k != "samples"}
         row["engine"] = engine.name
         row["resident_mb"] = resident[engine.name]
         row["roofline_fraction_b1"] = row["decode_tok_s_b1"] / roofline

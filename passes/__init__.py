@@ -5,6 +5,8 @@ checker); family-specific passes (stage splitting, pruned-unit stripping) join t
 list for their family.
 """
 
+from contextlib import contextmanager
+
 import onnx_ir as ir
 from onnx_ir.passes import common
 
@@ -23,12 +25,18 @@ def passes_for(family: str) -> list[ir.passes.PassBase]:
     ]
 
 
-def run_passes(model: ir.Model, family: str, graph_name: str) -> ir.Model:
-    manager = ir.passes.PassManager(passes_for(family))
+@contextmanager
+def failures_named(graph_name: str):
+    """A pass that fails on a graph becomes a PassError naming the graph."""
     try:
-        return manager(model).model
+        yield
     except (ir.passes.PassError, ValueError) as e:
         raise PassError(f"graph {graph_name!r}: {e}", "this is an edgeseq bug: report it with the checkpoint config") from e
+
+
+def run_passes(model: ir.Model, family: str, graph_name: str) -> ir.Model:
+    with failures_named(graph_name):
+        return ir.passes.PassManager(passes_for(family))(model).model
 
 
 def split_stagformer_steps(graphs: list, n_stacks: int) -> list:
@@ -63,10 +71,8 @@ def fuse_kernels(graphs: list) -> list:
 
     allowed = shareable_groups([g.model for g in graphs])  # shared weights stay stored once
     for g in graphs:
-        try:
+        with failures_named(g.spec.name):
             g.model = ir.passes.Sequential(PackProjectionsPass(allowed), FuseResidualNormPass())(g.model).model
-        except (ir.passes.PassError, ValueError) as e:
-            raise PassError(f"graph {g.spec.name!r}: {e}", "this is an edgeseq bug: report it with the checkpoint config") from e
     return graphs
 
 
@@ -76,10 +82,8 @@ def quantize_graphs(graphs: list, keep_fp32: tuple[str, ...] = ()) -> list:
     from .quantize_weights import QuantizeWeightsPass
 
     for g in graphs:
-        try:
+        with failures_named(g.spec.name):
             g.model = QuantizeWeightsPass(keep_fp32=keep_fp32)(g.model).model
-        except (ir.passes.PassError, ValueError) as e:
-            raise PassError(f"graph {g.spec.name!r}: {e}", "this is an edgeseq bug: report it with the checkpoint config") from e
     return graphs
 
 
@@ -92,12 +96,10 @@ def strip_pruned_units(graphs: list, plan: dict, fuse_kernels: bool = True) -> l
 
     out = []
     for g in graphs:
-        try:
+        with failures_named(g.spec.name):
             model = StripPrunedUnitsPass(plan)(g.model).model
             if fuse_kernels:
                 model = FuseAttentionPass(plan)(model).model
-        except (ir.passes.PassError, ValueError) as e:
-            raise PassError(f"graph {g.spec.name!r}: {e}", "this is an edgeseq bug: report it with the checkpoint config") from e
         spec = GraphSpec(g.spec.name, g.spec.role, _respec(g.spec.inputs, model.graph.inputs),
                          _respec(g.spec.outputs, model.graph.outputs))
         out.append(ExportedGraph(spec, model))

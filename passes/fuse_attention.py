@@ -22,7 +22,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common
 
-from .strip_pruned import sole_consumer
+from .strip_pruned import add_initializer, sole_consumer
 
 MS_DOMAIN = "com.microsoft"
 
@@ -137,14 +137,8 @@ def _pack_projections(graph: ir.Graph, qkv: list[ir.Value], before: ir.Node, uni
     ):
         return qkv
     arrays = [w.const_value.numpy() for w in weights]
-    packed = ir.Value(name=f"{unit}.qkv.weight", shape=ir.Shape([arrays[0].shape[0], sum(a.shape[1] for a in arrays)]),
-                      type=ir.TensorType(ir.DataType.FLOAT),
-                      const_value=ir.tensor(np.concatenate(arrays, axis=1), name=f"{unit}.qkv.weight"))
-    graph.register_initializer(packed)
-    sizes = np.array([a.shape[1] for a in arrays], dtype=np.int64)
-    split_sizes = ir.Value(name=f"{unit}.qkv.split", shape=ir.Shape([3]), type=ir.TensorType(ir.DataType.INT64),
-                           const_value=ir.tensor(sizes, name=f"{unit}.qkv.split"))
-    graph.register_initializer(split_sizes)
+    packed = add_initializer(graph, f"{unit}.qkv.weight", np.concatenate(arrays, axis=1))
+    split_sizes = add_initializer(graph, f"{unit}.qkv.split", np.array([a.shape[1] for a in arrays], dtype=np.int64))
     matmul = ir.node("MatMul", [source, packed], name=f"{unit}.qkv")
     split = ir.node("Split", [matmul.outputs[0], split_sizes], attributes={"axis": -1}, num_outputs=3,
                     name=f"{unit}.qkv_split")

@@ -26,7 +26,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common
 
 from .fuse_attention import take_over
-from .strip_pruned import sole_consumer
+from .strip_pruned import add_initializer, sole_consumer
 
 
 def _weight(node: ir.Node) -> np.ndarray | None:
@@ -49,13 +49,6 @@ def _bias(node: ir.Node) -> tuple[ir.Node, np.ndarray] | None:
     if tensor is None or len(tensor.shape) != 1 or tensor.shape[0] != node.inputs[1].shape[1]:
         return None
     return add, tensor.numpy()
-
-
-def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
 
 
 def _groups(graph: ir.Graph) -> list[list[tuple[ir.Node, np.ndarray]]]:
@@ -105,11 +98,11 @@ class PackProjectionsPass(ir.passes.InPlacePass):
         name = nodes[0].inputs[1].name or f"packed{index}"
         biases = [_bias(n) for n in nodes]
         with_bias = all(b is not None for b in biases)
-        weight = _constant(graph, f"{name}.packed", np.concatenate([w for _, w in members], axis=1))
-        sizes = _constant(graph, f"{name}.packed_sizes", np.array([w.shape[1] for _, w in members], dtype=np.int64))
+        weight = add_initializer(graph, f"{name}.packed", np.concatenate([w for _, w in members], axis=1))
+        sizes = add_initializer(graph, f"{name}.packed_sizes", np.array([w.shape[1] for _, w in members], dtype=np.int64))
         new = [ir.node("MatMul", [nodes[0].inputs[0], weight], name=f"{name}.packed_matmul")]
         if with_bias:
-            bias = _constant(graph, f"{name}.packed_bias", np.concatenate([b for _, b in biases]).astype(np.float32))
+            bias = add_initializer(graph, f"{name}.packed_bias", np.concatenate([b for _, b in biases]).astype(np.float32))
             new.append(ir.node("Add", [new[-1].outputs[0], bias], name=f"{name}.packed_bias_add"))
         split = ir.node("Split", [new[-1].outputs[0], sizes], attributes={"axis": -1}, num_outputs=len(nodes),
                         name=f"{name}.packed_split")

@@ -1,4 +1,4 @@
-"""QuantizeWeightsPass: MatMuls by a weight matrix read int8 weights (issue 13's first step).
+"""QuantizeWeightsPass: MatMuls by a weight matrix read int8 weights (`compile --precision int8`).
 
 At batch 1 a CPU decode step is bound by the weight bytes it reads; int8 weights read a
 quarter of fp32's. benchmarks/int8_kernels.py measured the candidates on this machine
@@ -9,8 +9,8 @@ MatMulInteger) ran 3.1x fp32 at batch 1 and 2.5x at batch 8; MatMulNBits 8-bit r
 (accuracy_level 4, block 128), 3.0x at batch 1 but 1.3x at batch 8, with blockwise scales
 and a smaller error on that synthetic chain. This pass writes the dynamic kernel, which
 keeps batched steps fast: `com.microsoft.DynamicQuantizeMatMul(A, B_int8, b_scale[N],
-b_zero_point[N])`; whether model-level quality bounds favour MatMulNBits' blockwise
-scales is issue 13's next question.
+b_zero_point[N])`; its per-column scales meet every family's declared int8 bounds
+(edgeseq/quality.py; figures in benchmarks/results/int8-quality.json).
 
 Only MatMuls whose right operand is a constant 2-D float matrix with at least
 `min_elements` entries are rewritten (projections, FFNs, the LM head); norms, softmax,
@@ -26,6 +26,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common
 
 from .fuse_attention import MS_DOMAIN, take_over
+from .strip_pruned import add_initializer
 
 MIN_ELEMENTS = 1024
 
@@ -80,10 +81,5 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
     @staticmethod
     def _initializers(graph: ir.Graph, name: str, weight: np.ndarray) -> tuple[ir.Value, ir.Value, ir.Value]:
         q, scale = quantize_columns(weight)
-        values = []
-        for suffix, array in (("int8", q), ("scale", scale), ("zero_point", np.zeros_like(q[0]))):
-            value = ir.Value(name=f"{name}.{suffix}", const_value=ir.tensor(array, name=f"{name}.{suffix}"),
-                             shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
-            graph.register_initializer(value)
-            values.append(value)
-        return tuple(values)
+        return tuple(add_initializer(graph, f"{name}.{suffix}", array)
+                     for suffix, array in (("int8", q), ("scale", scale), ("zero_point", np.zeros_like(q[0]))))

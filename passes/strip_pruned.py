@@ -49,6 +49,14 @@ def _head_index(kept: list[int], head_dim: int) -> list[int]:
     return [h * head_dim + j for h in kept for j in range(head_dim)]
 
 
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """A new initializer holding `array` (of its own dtype and shape), registered in `graph`."""
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
+
+
 def sole_consumer(value: ir.Value, op: str | None = None) -> ir.Node | None:
     """The one node reading `value` (of type `op`, if given), or None."""
     users = [node for node, _ in value.uses()]
@@ -188,10 +196,7 @@ class StripPrunedUnitsPass(ir.passes.InPlacePass):
 
     def _constant(self, array: np.ndarray, name: str) -> ir.Value:
         """A new int64 initializer (shared constants are replaced, never edited in place)."""
-        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.INT64),
-                         const_value=ir.tensor(array.astype(np.int64), name=name))
-        self.graph.register_initializer(value)
-        return value
+        return add_initializer(self.graph, name, array.astype(np.int64))
 
     # ----- whole sublayers ------------------------------------------------------------------
     def _cut_sublayer(self, out_weight: str, out_bias: str | None, unit: str) -> None:
