@@ -85,3 +85,20 @@ def test_a_truncated_file_gives_a_load_error(workdir, name, keep):
     (folder / name).write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(EdgeseqError, match="altered|missing"):
         load(folder, threads=1)
+
+
+def test_a_step_without_a_logits_output_is_a_load_error_naming_it(workdir):
+    """The case the fuzz above found: no step graph's output has the logits role."""
+    from edgeseq.errors import LoadError
+
+    folder = workdir / "no-logits"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(FIXTURE, folder)
+    manifest = json.loads(json.dumps(MANIFEST))
+    for graph in manifest["decode"]["step"]:
+        for output in manifest["graphs"][graph]["outputs"]:
+            if output["role"] == "logits":
+                output["role"] = "hidden"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LoadError, match=r"no graph of the step \(decoder_step\) has a logits output"):
+        load(folder, threads=1)
