@@ -129,9 +129,11 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, config) -> ir.Model:
 
 def optimize_graph(model: ir.Model) -> None:
     """The exporter's optimizer (onnxscript's optimize_ir: inline, fold constants, rewrite,
-    lift constants, CSE) without its DeduplicateInitializersPass.
+    lift constants, CSE) without its DeduplicateInitializersPass, plus one fold that
+    optimizer declines: what the graph computes from weights alone with a small result
+    becomes a constant (passes/fold_weights.py; StagFormer's null memory slot).
 
-    That pass merges initializers with equal contents into one, so a freshly initialised
+    The deduplication pass merges initializers with equal contents into one, so a freshly initialised
     BART's zero biases, or any two equal weights, become one tensor read by many layers:
     the graph passes address weights by name and prune each layer's own (issue: slicing a
     shared bias for one layer's kept heads broke every other reader). The artifact writer
@@ -140,6 +142,8 @@ def optimize_graph(model: ir.Model) -> None:
     import onnxscript.optimizer
     import onnxscript.rewriter
     from onnx_ir.passes import common
+
+    from edgeseq.passes.fold_weights import FoldWeightOnlyPass
 
     common.InlinePass()(model)
     for _ in range(2):
@@ -150,6 +154,7 @@ def optimize_graph(model: ir.Model) -> None:
         common.RemoveUnusedOpsetsPass()(model)
         if not folded.modified:
             break
+    FoldWeightOnlyPass()(model)
     ir.passes.Sequential(
         common.RemoveUnusedNodesPass(),
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),

@@ -9,8 +9,9 @@ MatMulInteger) ran 3.1x fp32 at batch 1 and 2.5x at batch 8; MatMulNBits 8-bit r
 (accuracy_level 4, block 128), 3.0x at batch 1 but 1.3x at batch 8, with blockwise scales
 and a smaller error on that synthetic chain. This pass writes the dynamic kernel, which
 keeps batched steps fast: `com.microsoft.DynamicQuantizeMatMul(A, B_int8, b_scale[N],
-b_zero_point[N])`; its per-column scales meet every family's declared int8 bounds
-(edgeseq/quality.py; figures in benchmarks/results/int8-quality.json).
+b_zero_point[N], bias[N])` (a bias Add after the MatMul joins the kernel); its per-column
+scales meet every family's declared int8 bounds (edgeseq/quality.py; figures in
+benchmarks/results/int8-quality.json).
 
 Only MatMuls whose right operand is a constant 2-D float matrix with at least
 `min_elements` entries are rewritten (projections, FFNs, the LM head); norms, softmax,
@@ -26,7 +27,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common
 
 from .fuse_attention import MS_DOMAIN, take_over
-from .strip_pruned import add_initializer
+from .strip_pruned import add_initializer, sole_consumer
 
 MIN_ELEMENTS = 1024
 
@@ -42,6 +43,19 @@ def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.abs(weight).max(axis=0) / WEIGHT_MAX
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # an all-zero column keeps scale 1
     return np.clip(np.rint(weight / scale), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8), scale
+
+
+def _bias_after(matmul: ir.Node, columns: int) -> tuple[ir.Node | None, list[ir.Value]]:
+    """The Add of a constant bias [columns] that alone reads the MatMul's output, and that
+    bias: the kernel adds it itself (one kernel fewer per projection)."""
+    add = sole_consumer(matmul.outputs[0], "Add")
+    if add is None:
+        return None, []
+    bias = next((v for v in add.inputs if v is not matmul.outputs[0]), None)
+    tensor = ir.convenience.get_const_tensor(bias) if bias is not None else None
+    if tensor is None or tensor.dtype != ir.DataType.FLOAT or list(tensor.shape) != [columns]:
+        return None, []
+    return add, [bias]
 
 
 class QuantizeWeightsPass(ir.passes.InPlacePass):
@@ -65,10 +79,11 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
                 continue
             if id(weight) not in shared:
                 shared[id(weight)] = self._initializers(graph, weight.name or f"w{changed}", tensor.numpy())
-            quantized = ir.node("DynamicQuantizeMatMul", [node.inputs[0], *shared[id(weight)]], domain=MS_DOMAIN,
+            bias_add, bias = _bias_after(node, tensor.shape[1])
+            quantized = ir.node("DynamicQuantizeMatMul", [node.inputs[0], *shared[id(weight)], *bias], domain=MS_DOMAIN,
                                 name=f"{node.name or weight.name}.int8")
-            graph.insert_after(node, quantized)
-            take_over(graph, node.outputs[0], quantized.outputs[0])
+            graph.insert_after(bias_add or node, quantized)
+            take_over(graph, (bias_add or node).outputs[0], quantized.outputs[0])
             changed += 1
         if changed:
             model.opset_imports.setdefault(MS_DOMAIN, 1)

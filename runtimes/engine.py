@@ -228,8 +228,8 @@ class Engine:
         self.ids[:n, 0] = [s.next_token for s in seqs]
         self.positions[:n, 0] = [s.position for s in seqs]
         outputs = self._run_step(self.feeds(n))
-        for out, name in self.writes:
-            c.write_new(name, self.backend.numpy(outputs[out]), n)
+        numpy = self.backend.numpy
+        c.write_step([(name, numpy(outputs[out])) for out, name in self.writes], n)
         for out, name in self.handoffs:
             c.buffers[name][:n] = self.backend.numpy(outputs[out])
         c.lengths[:n] += 1

@@ -178,13 +178,18 @@ class CacheManager:
             self.append(into, self.segment(source, start, end))
 
     # ----- writes ----------------------------------------------------------------------------
-    def write_new(self, name: str, values: np.ndarray, n: int) -> None:
-        """A step's new keys/values [n, H, 1, Dh] into rows 0..n-1 at slot length - lag."""
-        spec = self.specs[name]
-        if n == 1:  # batch 1: a plain slice costs a fraction of fancy indexing, ~20 times a step
-            self.buffers[name][0, :, int(self.lengths[0]) - spec.lag] = values[0, :, 0]
+    def write_step(self, new: list[tuple[str, np.ndarray]], n: int) -> None:
+        """One step's new keys/values, (cache name, [n, H, 1, Dh]) each, into rows 0..n-1 at
+        each row's slot length - lag: one loop for every cache (about twenty at batch 1,
+        where this bookkeeping is a measurable part of a ~0.6 ms step)."""
+        if n == 1:  # a plain slice costs a fraction of fancy indexing
+            at = int(self.lengths[0])
+            for name, values in new:
+                self.buffers[name][0, :, at - self.specs[name].lag] = values[0, :, 0]
             return
-        self.buffers[name][np.arange(n), :, self.lengths[:n] - spec.lag] = values[:, :, 0]
+        rows = np.arange(n)
+        for name, values in new:
+            self.buffers[name][rows, :, self.lengths[:n] - self.specs[name].lag] = values[:, :, 0]
 
     def write_prefix(self, name: str, slot: int, values: np.ndarray) -> None:
         """A prefill's entries [H, L, Dh] into a row's first L slots."""
