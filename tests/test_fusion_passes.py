@@ -10,7 +10,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from edgeseq.passes.fuse_residual_norm import FuseResidualNormPass
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 D = 8
 
@@ -215,3 +215,44 @@ def test_a_pack_of_many_projections_keeps_its_split_sizes_inline(tmp_path):
     store.close()
     assert names == {"w": next(iter(store.tensors))}
     assert not isinstance(sizes.const_value, ir.ExternalTensor)
+
+
+def test_what_weights_alone_compute_is_folded_once():
+    """A norm and a weight MatMul over a constant (StagFormer's null memory slot) become one
+    small constant; the activation's path stays; the outputs are unchanged."""
+    from edgeseq.passes.fold_weights import FoldWeightOnlyPass
+
+    rng = np.random.default_rng(0)
+    null = numpy_helper.from_array(rng.standard_normal((1, 1, D)).astype(np.float32), "null")
+    gamma = numpy_helper.from_array(np.ones(D, np.float32), "gamma")
+    beta = numpy_helper.from_array(np.zeros(D, np.float32), "beta")
+    w = numpy_helper.from_array(rng.standard_normal((D, D)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("LayerNormalization", ["null", "gamma", "beta"], ["normed"], axis=-1),
+        helper.make_node("MatMul", ["normed", "w"], ["null_key"]),
+        helper.make_node("MatMul", ["x", "w"], ["key"]),
+        helper.make_node("Add", ["key", "null_key"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1, D])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 1, D])], [null, gamma, beta, w],
+        value_info=[helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, D]) for n in ("normed", "null_key")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    result = FoldWeightOnlyPass()(ir.from_proto(model))
+    after = ir.to_proto(result.model)
+    assert result.modified and [n.op_type for n in after.graph.node] == ["MatMul", "Add"]
+    assert "null" not in {i.name for i in after.graph.initializer}  # only the folded nodes read it
+    feeds = {"x": rng.standard_normal((2, 1, D), dtype=np.float32)}
+    np.testing.assert_allclose(run(after, feeds)[0], run(model, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_stagformer_null_slot_is_a_constant_in_the_step(artifacts):
+    """The last stage normalises and projects only what a step feeds it: no norm of the
+    null memory slot, and each cross-attention's memory keys and values are one MatMul."""
+    _, art = artifacts.get(family="stagformer", n_layers=4, n_stacks=2)
+    model = onnx.load(str(art / "stage.1.onnx"), load_external_data=False)
+    constants = {i.name for i in model.graph.initializer}
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    assert norms and not [n for n in norms if n.input[0] in constants]
+    weights = [w for n in model.graph.node if n.op_type == "MatMul" for w in n.input[1:] if ".cross." in w]
+    assert weights and not [w for w in weights if w.endswith((".k.weight", ".v.weight"))]  # packed
