@@ -216,10 +216,11 @@ class Stack(nn.Module):
                 cross = self.cross[i]
                 mk, mv = cross.memory_kv(memory)
                 new_cross.append((mk, mv))
-                nk, nv = cross.memory_kv(self.null_memory.view(1, 1, -1))  # [1, H, 1, Dh]: broadcasts
-                always = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=x.device)
+                # [1, H, 1, Dh]: broadcasts; weights alone, so export folds it to a constant.
+                # Always visible: no mask (a mask of constant ones would still cost a kernel)
+                nk, nv = cross.memory_kv(self.null_memory.view(1, 1, -1))
                 q = cross.proj.query(cross.norm(x))
-                ctx = attend_cached(q, mk, mv, [(nk, nv, always), (*cross_cache[i], cross_ok)])
+                ctx = attend_cached(q, mk, mv, [(nk, nv, None), (*cross_cache[i], cross_ok)])
                 x = x + cross.proj.output(ctx)
             x = x + block.mlp(block.mlp_norm(x))
         logits = self.lm_head(self.final_norm(x)) if self.is_last else None

@@ -1,7 +1,7 @@
 """ONNX -> ONNX rewrites on onnx-ir models, one pass per file, combined per family.
 
-Every family gets the common clean-up (unused nodes and opsets, topological order, a
-checker); family-specific passes (stage splitting, pruned-unit stripping) join the
+Every family gets the common rewrites (Transposes that move no data become Reshapes)
+and clean-up (unused nodes and opsets, topological order); family-specific passes (stage splitting, pruned-unit stripping) join the
 list for their family.
 """
 
@@ -15,7 +15,10 @@ from edgeseq.graph_spec import ExportedGraph, GraphSpec
 
 
 def passes_for(family: str) -> list[ir.passes.PassBase]:
+    from .transpose_as_reshape import TransposeAsReshapePass
+
     return [
+        TransposeAsReshapePass(),  # a decode step's head split and merge move no data
         common.RemoveUnusedNodesPass(),
         common.RemoveUnusedOpsetsPass(),
         common.TopologicalSortPass(),

@@ -256,3 +256,32 @@ def test_stagformer_null_slot_is_a_constant_in_the_step(artifacts):
     assert norms and not [n for n in norms if n.input[0] in constants]
     weights = [w for n in model.graph.node if n.op_type == "MatMul" for w in n.input[1:] if ".cross." in w]
     assert weights and not [w for w in weights if w.endswith((".k.weight", ".v.weight"))]  # packed
+
+
+def test_a_transpose_that_moves_no_data_becomes_a_reshape():
+    """A decode step's head split and merge ([B, 1, H, Dh] <-> [B, H, 1, Dh]) become
+    Reshapes, merged with their neighbours; a Transpose that moves data stays."""
+    from edgeseq.passes.transpose_as_reshape import TransposeAsReshapePass
+
+    heads = helper.make_tensor("heads", TensorProto.INT64, [4], [-1, 1, 2, 4])
+    flat = helper.make_tensor("flat", TensorProto.INT64, [3], [-1, 1, 8])
+    nodes = [
+        helper.make_node("Reshape", ["x", "heads"], ["split"]),
+        helper.make_node("Transpose", ["split"], ["q"], perm=[0, 2, 1, 3]),  # [B, 2, 1, 4]
+        helper.make_node("Transpose", ["q"], ["k_t"], perm=[0, 3, 1, 2]),  # [B, 4, 2, 1]: moves data
+        helper.make_node("Transpose", ["q"], ["merged"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["merged", "flat"], ["y"]),
+    ]
+    shapes = {"split": ["batch", 1, 2, 4], "q": ["batch", 2, 1, 4], "merged": ["batch", 1, 2, 4]}
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, 8]),
+         helper.make_tensor_value_info("k_t", TensorProto.FLOAT, ["batch", 4, 2, 1])], [heads, flat],
+        value_info=[helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    after = ir.to_proto(TransposeAsReshapePass()(ir.from_proto(model)).model)
+    ops = collections.Counter(n.op_type for n in after.graph.node)
+    assert ops == {"Transpose": 1, "Reshape": 2}, ops  # x -> q, q -> y; k_t's Transpose stays
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 1, 8), dtype=np.float32)}
+    for want, got in zip(run(model, feeds), run(after, feeds)):
+        np.testing.assert_array_equal(got, want)
