@@ -12,7 +12,9 @@ skip kernel directly, whose fourth output is the sum itself, so the other reader
 - `LayerNormalization(x, weight, bias)` over the last axis (RED, StagFormer, PASTA, BART)
   -> `com.microsoft.SkipLayerNormalization(a, b, weight, bias)`;
 with x = Add(a, b), a and b both computed and of one shape (not constants: a cut
-sublayer leaves `x + bias`, which the kernel's skip input would not broadcast).
+sublayer leaves `x + bias`, which the kernel's skip input would not broadcast). When a
+(or b) is itself y + a bias vector read by nothing else (a projection's bias), the
+kernel takes the bias as its bias input: one kernel fewer again.
 Anything else is left alone.
 Requires: nothing. Ensures: the same outputs, one kernel fewer per fused pair.
 ONNX Runtime targets only.
@@ -98,6 +100,22 @@ class FuseResidualNormPass(ir.passes.InPlacePass):
         return axis == -1 or (rank is not None and axis == rank - 1)
 
 
+def _bias_added(value: ir.Value) -> tuple[ir.Value, list[ir.Value]] | None:
+    """(y, [bias]) when `value` = y + a constant bias vector and the residual alone reads it
+    (a projection's bias before the residual Add): the skip kernel adds it itself."""
+    add = value.producer()
+    if add is None or add.op_type != "Add" or len(value.uses()) != 1 or value.is_graph_output():
+        return None
+    first, second = add.inputs
+    for y, bias in ((first, second), (second, first)):
+        vector = _constant(bias)
+        if vector is not None and _constant(y) is None and vector.ndim == 1 and vector.dtype == np.float32 and (
+            value.shape is not None and value.shape[-1] == vector.shape[0]
+        ):
+            return y, [bias]
+    return None
+
+
 def _write_skip_norm(graph: ir.Graph, x: ir.Value, normed_out: ir.Value, op: str, params: list, eps: float) -> bool:
     """Replace `normed_out = norm(x)`, x = Add(a, b), by op(a, b, *params), whose fourth
     output takes over x for its other readers."""
@@ -109,7 +127,15 @@ def _write_skip_norm(graph: ir.Graph, x: ir.Value, normed_out: ir.Value, op: str
     a, b = residual.inputs
     if a.shape is not None and b.shape is not None and (len(a.shape) != len(b.shape) or len(a.shape) not in (2, 3)):
         return False  # the kernel takes [B, S, D] (or [T, D]) skip inputs of the input's shape
-    fused = ir.node(op, [a, b, *params], attributes={"epsilon": eps}, domain=MS_DOMAIN, num_outputs=4,
+    bias = []
+    unbiased = _bias_added(a)
+    if unbiased is not None:
+        a, bias = unbiased
+    elif (unbiased := _bias_added(b)) is not None:
+        b, bias = unbiased
+    if bias and op == "SkipLayerNormalization" and len(params) == 1:
+        params = [*params, None]  # the bias is the fifth input, after an absent beta
+    fused = ir.node(op, [a, b, *params, *bias], attributes={"epsilon": eps}, domain=MS_DOMAIN, num_outputs=4,
                     name=f"{residual.name or x.name}.skip_norm")
     normed, mean_out, inv_std, total = fused.outputs
     mean_out.name, inv_std.name = "", ""  # optional outputs left unset
