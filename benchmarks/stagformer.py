@@ -121,11 +121,15 @@ def main() -> None:
         }
         for b in (1, 8)
     }
-    stages = {}
+    stages, stage_rates = {}, {}
     for label, artifact in (("even", split), ("even int8", split_int8), (f"uneven {UNEVEN}", uneven),
                             (f"uneven {UNEVEN} int8", uneven_int8)):
         with load(artifact, threads=t, schedule="sequential") as sequential:
             stages[label] = stage_times_ms(sequential, rows[1][0])
+        per_graph = read_artifact(artifact).manifest["stats"]["weight_bytes_per_token_per_graph"]
+        # weight bytes over time alone: near the machine's bandwidth, a stage leaves the other
+        # nothing to overlap with (fp32 here); far below it, the stages can run side by side
+        stage_rates[label] = {g: per_graph[g] / (ms * 1e6) for g, ms in stages[label].items()}
     for c in configs:
         c.model.close()
     manifest = read_artifact(split).manifest
@@ -133,7 +137,8 @@ def main() -> None:
     sharing = sharing_report(shared=shared, separate=split)
     bandwidth = measure_bandwidth()
     report = {"threads": t, "rounds": args.rounds, "new_tokens": args.new_tokens, "decode": table, "ratios": ratios,
-              "stage_ms_b1": stages, "stage_weight_bytes_per_token": per_stage_bytes, "bandwidth_gb_s": bandwidth,
+              "stage_ms_b1": stages, "stage_weight_gb_s_b1": stage_rates,
+              "stage_weight_bytes_per_token": per_stage_bytes, "bandwidth_gb_s": bandwidth,
               "shared_weights": sharing}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
@@ -151,10 +156,12 @@ def main() -> None:
               f"int8: split vs the best int8 p = 1 **{r['int8_vs_best_int8_p1']:.2f}x**, split int8 / fp32 "
               f"{r['int8_vs_fp32_split']:.2f}x, p = 1 int8 / fp32 {r['int8_vs_fp32_p1']:.2f}x; uneven {UNEVEN} vs the "
               f"best p = 1 {r['uneven_vs_best_p1']:.2f}x (int8: {r['int8_uneven_vs_best_int8_p1']:.2f}x)")
-    print("\n| split | stage.0 ms alone (b1) | stage.1 ms alone (b1) |")
-    print("|---|---|---|")
+    print(f"\n| split | stage.0 ms alone (b1) | stage.1 ms alone (b1) | weight GB/s alone (machine: {bandwidth:.0f}) |")
+    print("|---|---|---|---|")
     for label, times in stages.items():
-        print(f"| {label} | {times['stage.0']:.3f} | {times['stage.1']:.3f} |")
+        rates = stage_rates[label]
+        print(f"| {label} | {times['stage.0']:.3f} | {times['stage.1']:.3f} | "
+              f"{rates['stage.0']:.1f}, {rates['stage.1']:.1f} |")
     print("\nweight MB read per token (even split, fp32): " + ", ".join(f"{g} {b / 1e6:.2f}" for g, b in per_stage_bytes.items()))
     print("\n" + sharing_table(sharing, "weights"))
     print(f"\nwrote {RESULTS}")

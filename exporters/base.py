@@ -141,9 +141,8 @@ def optimize_graph(model: ir.Model) -> None:
     """
     import onnxscript.optimizer
     import onnxscript.rewriter
-    from onnx_ir.passes import common
-
     from edgeseq.passes.fold_weights import FoldWeightOnlyPass
+    from onnx_ir.passes import common
 
     common.InlinePass()(model)
     for _ in range(2):
