@@ -75,10 +75,11 @@ def externalize(graph: ExportedGraph, store: WeightStore, folder: Path) -> dict[
 
 
 def matmul_weight_elements(model: ir.Model) -> int:
-    """Multiply-adds per new token spent on weights: MatMuls whose right operand is a weight."""
+    """Multiply-adds per new token spent on weights: MatMuls whose right operand is a weight
+    (int8 ones included)."""
     total = 0
     for node in model.graph:
-        if node.op_type in ("MatMul", "Gemm") and len(node.inputs) > 1:
+        if node.op_type in ("MatMul", "Gemm", "DynamicQuantizeMatMul") and len(node.inputs) > 1:
             right = node.inputs[1]
             if right is not None and right.is_initializer() and right.shape is not None:
                 total += int(np.prod([int(d) for d in right.shape]))

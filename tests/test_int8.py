@@ -42,6 +42,7 @@ def test_every_family_compiles_int8_within_its_bounds(artifacts, case):
     before = json.loads((fp32 / "manifest.json").read_text())["stats"]
     assert manifest["stats"]["weight_bytes_per_token"] < before["weight_bytes_per_token"] / 2
     assert manifest["stats"]["weight_bytes"] < before["weight_bytes"]
+    assert manifest["stats"]["flops_per_token"] == before["flops_per_token"]  # same work, fewer bytes
 
 
 def test_broken_bounds_fail_the_compile_and_leave_nothing(artifacts, tmp_path, monkeypatch):
