@@ -109,3 +109,19 @@ def test_top_k_keeps_the_k_best_only():
     rng = np.random.default_rng(0)
     picks = {int(choose_next(logits, SamplingOptions(True, top_k=2), rng)[0]) for _ in range(300)}
     assert picks == {1, 3}
+
+
+def test_backend_takes_numpy_views_and_ort_values_alike(model):
+    """The engine feeds numpy views of its buffers straight to the binding; OrtValue feeds
+    (another caller's, or another binding's) go the public way and give the same outputs."""
+    import onnxruntime as ort
+
+    backend, graph = model.backend, model.engine.once
+    ids = np.array([[5, 6, 7, 8]], dtype=np.int64)
+    by_role = {"token_ids": ids, "mask": np.ones_like(ids), "positions": np.arange(4)[None]}
+    feeds = {t["name"]: by_role[t["role"]] for t in model.engine.graph_inputs[graph]}
+    direct = backend.run(graph, feeds)
+    wrapped = backend.run(graph, {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()})
+    assert direct.keys() == wrapped.keys()
+    for name in direct:
+        np.testing.assert_array_equal(backend.numpy(direct[name]), backend.numpy(wrapped[name]))
