@@ -1,8 +1,8 @@
 """ONNX -> ONNX rewrites on onnx-ir models, one pass per file, combined per family.
 
 Every family gets the common rewrites (Transposes that move no data become Reshapes)
-and clean-up (unused nodes and opsets, topological order); family-specific passes (stage splitting, pruned-unit stripping) join the
-list for their family.
+and clean-up (unused nodes and opsets, topological order); family-specific passes
+(stage splitting, pruned-unit stripping) join the list for their family.
 """
 
 from contextlib import contextmanager

@@ -20,9 +20,9 @@ import math
 import numpy as np
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
-from onnx_ir.passes import common
 
 from .fuse_attention import take_over
+from .strip_pruned import remove_unused
 
 MAX_ELEMENTS = 4096
 
@@ -66,7 +66,5 @@ class FoldWeightOnlyPass(ir.passes.InPlacePass):
                 take_over(graph, out, constant)
             folded += 1
         if folded:
-            common.RemoveUnusedNodesPass()(model)
-            for name in [n for n, v in graph.initializers.items() if not v.uses() and v not in graph.outputs]:
-                graph.initializers.pop(name)  # weights only the folded nodes read
+            remove_unused(model)  # and the weights only the folded nodes read
         return ir.passes.PassResult(model, bool(folded))

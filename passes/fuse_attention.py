@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes import common
 
-from .strip_pruned import add_initializer, sole_consumer
+from .strip_pruned import add_initializer, remove_unused, sole_consumer
 
 MS_DOMAIN = "com.microsoft"
 
@@ -55,9 +54,7 @@ class FuseAttentionPass(ir.passes.InPlacePass):
             fused += self._fuse(graph, query_weight, heads, unit["unit"])
         if fused:
             model.opset_imports.setdefault(MS_DOMAIN, 1)
-            common.RemoveUnusedNodesPass()(model)
-            for name in [n for n, v in graph.initializers.items() if not v.uses()]:
-                graph.initializers.pop(name)  # the q/k/v weights now packed into one
+            remove_unused(model)  # and the q/k/v weights now packed into one
         return ir.passes.PassResult(model, bool(fused))
 
     def _fuse(self, graph: ir.Graph, query_weight: ir.Value, heads: int, unit: str) -> bool:

@@ -23,10 +23,9 @@ from collections import defaultdict
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes import common
 
 from .fuse_attention import take_over
-from .strip_pruned import add_initializer, sole_consumer
+from .strip_pruned import add_initializer, bias_add, remove_unused
 
 
 def _weight(node: ir.Node) -> np.ndarray | None:
@@ -41,14 +40,8 @@ def _weight(node: ir.Node) -> np.ndarray | None:
 
 def _bias(node: ir.Node) -> tuple[ir.Node, np.ndarray] | None:
     """The Add of a constant 1-D bias that alone reads this MatMul's output, if any."""
-    add = sole_consumer(node.outputs[0], "Add")
-    if add is None:
-        return None
-    other = add.inputs[1] if add.inputs[0] is node.outputs[0] else add.inputs[0]
-    tensor = ir.convenience.get_const_tensor(other)
-    if tensor is None or len(tensor.shape) != 1 or tensor.shape[0] != node.inputs[1].shape[1]:
-        return None
-    return add, tensor.numpy()
+    found = bias_add(node.outputs[0], node.inputs[1].shape[1])
+    return (found[0], found[1].const_value.numpy()) if found else None
 
 
 def _groups(graph: ir.Graph) -> list[list[tuple[ir.Node, np.ndarray]]]:
@@ -87,9 +80,7 @@ class PackProjectionsPass(ir.passes.InPlacePass):
                 self._pack(graph, members, packed)
                 packed += 1
         if packed:
-            common.RemoveUnusedNodesPass()(model)
-            for name in [n for n, v in graph.initializers.items() if not v.uses() and v not in graph.outputs]:
-                graph.initializers.pop(name)
+            remove_unused(model)
         return ir.passes.PassResult(model, bool(packed))
 
     @staticmethod

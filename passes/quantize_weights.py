@@ -24,10 +24,9 @@ ONNX Runtime CPU only; `compile --precision int8` runs it after the family's pas
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes import common
 
 from .fuse_attention import MS_DOMAIN, take_over
-from .strip_pruned import add_initializer, sole_consumer
+from .strip_pruned import add_initializer, bias_add, remove_unused
 
 MIN_ELEMENTS = 1024
 
@@ -46,16 +45,12 @@ def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _bias_after(matmul: ir.Node, columns: int) -> tuple[ir.Node | None, list[ir.Value]]:
-    """The Add of a constant bias [columns] that alone reads the MatMul's output, and that
+    """The Add of a float bias [columns] that alone reads the MatMul's output, and that
     bias: the kernel adds it itself (one kernel fewer per projection)."""
-    add = sole_consumer(matmul.outputs[0], "Add")
-    if add is None:
+    found = bias_add(matmul.outputs[0], columns)
+    if found is None or found[1].const_value.dtype != ir.DataType.FLOAT:
         return None, []
-    bias = next((v for v in add.inputs if v is not matmul.outputs[0]), None)
-    tensor = ir.convenience.get_const_tensor(bias) if bias is not None else None
-    if tensor is None or tensor.dtype != ir.DataType.FLOAT or list(tensor.shape) != [columns]:
-        return None, []
-    return add, [bias]
+    return found[0], [found[1]]
 
 
 class QuantizeWeightsPass(ir.passes.InPlacePass):
@@ -87,10 +82,7 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             changed += 1
         if changed:
             model.opset_imports.setdefault(MS_DOMAIN, 1)
-            common.RemoveUnusedNodesPass()(model)
-            # weights no node reads any more (now int8) leave the graph
-            for name in [n for n, v in graph.initializers.items() if not v.uses() and v not in graph.outputs]:
-                graph.initializers.pop(name)
+            remove_unused(model)  # the fp32 weights, now int8
         return ir.passes.PassResult(model, bool(changed))
 
     @staticmethod

@@ -57,6 +57,28 @@ def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return value
 
 
+def remove_unused(model: ir.Model) -> None:
+    """Drop the nodes nothing reads, then the initializers nothing reads (weights a rewrite
+    replaced); graph outputs stay."""
+    graph = model.graph
+    common.RemoveUnusedNodesPass()(model)
+    for name in [n for n, v in graph.initializers.items() if not v.uses() and v not in graph.outputs]:
+        graph.initializers.pop(name)
+
+
+def bias_add(value: ir.Value, columns: int) -> tuple[ir.Node, ir.Value] | None:
+    """The Add that alone reads `value` and adds a constant bias vector of `columns`
+    entries to it, and that bias; else None (a projection's bias, for a kernel to absorb)."""
+    add = sole_consumer(value, "Add")
+    if add is None:
+        return None
+    bias = next((v for v in add.inputs if v is not value), None)
+    tensor = ir.convenience.get_const_tensor(bias) if bias is not None else None
+    if tensor is None or list(tensor.shape) != [columns]:
+        return None
+    return add, bias
+
+
 def sole_consumer(value: ir.Value, op: str | None = None) -> ir.Node | None:
     """The one node reading `value` (of type `op`, if given), or None."""
     users = [node for node, _ in value.uses()]

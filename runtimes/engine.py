@@ -231,7 +231,7 @@ class Engine:
         numpy = self.backend.numpy
         c.write_step([(name, numpy(outputs[out])) for out, name in self.writes], n)
         for out, name in self.handoffs:
-            c.buffers[name][:n] = self.backend.numpy(outputs[out])
+            c.buffers[name][:n] = numpy(outputs[out])
         c.lengths[:n] += 1
         for s in seqs:
             s.position += 1
