@@ -44,7 +44,7 @@ def agreement_report(artifact: Path, checkpoint: Path, examples: list, threads: 
     start = time.time()
     reference = [generate_sequential(model, p) for p in prompts]
     with load(artifact, threads=threads) as runtime:
-        runs = {s: [r.tokens for r in runtime.generate(prompts, schedule=s)] for s in ("parallel", "sequential")}
+        runs = {s: [r.tokens for r in runtime.generate(prompts, schedule=s).rows] for s in ("parallel", "sequential")}
     return {
         "prompts": len(prompts),
         "parallel_equals_interpreter": sum(a == b for a, b in zip(runs["parallel"], reference)),

@@ -22,7 +22,7 @@ import numpy as np
 from edgeseq.models.checkpoint import init_checkpoint
 from edgeseq.runtimes import load, read_artifact
 from edgeseq.runtimes.engine import Engine
-from edgeseq.runtimes.sequence import Sequence
+from edgeseq.runtimes.requests import Row
 
 from edgeseq.bench import OrtEngine, measure_bandwidth, sharing_report, sharing_table, side_by_side
 from edgeseq.pipeline import compile_checkpoint
@@ -47,7 +47,7 @@ def engine(name: str, artifact: Path, threads: int, schedule: str = "concurrent"
 def stage_times_ms(model, prompt: list[int], repeats: int = 50) -> dict[str, float]:
     """Median time of each stage graph alone on a real decode-step state (batch 1)."""
     engine = Engine(model.artifact, model.backend, max_rows=1)
-    seq = Sequence(prompt, 2, frozenset())
+    seq = Row(prompt)
     seq.next_token = int(engine.admit([seq])[0].argmax())
     feeds = engine.feeds(1)
     times = {}

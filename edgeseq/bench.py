@@ -204,10 +204,11 @@ def bench_artifact(
 ) -> dict[str, Any]:
     """Prefill and decode figures (optionally against PyTorch eager), step time by position
     and, with `concurrency` clients, continuous batching against one-at-a-time calls."""
-    if "pasta" in read_artifact(path, verify=False).manifest:
-        from edgeseq.pasta_bench import pasta_bench
+    from edgeseq.families import family as family_record
 
-        return pasta_bench(path, rounds, threads, on_progress)
+    record = family_record(read_artifact(path, verify=False).family)
+    if record.bench is not None:  # a family that times itself its own way
+        return record.bench(path, rounds, threads, on_progress)
     say = on_progress or (lambda _: None)
     threads = threads or 1
     rss_before = resident_mb()

@@ -22,7 +22,7 @@ import numpy as np
 from edgeseq.runtimes import load, read_artifact
 from edgeseq.runtimes.backend import make_backend
 from edgeseq.runtimes.engine import Engine
-from edgeseq.runtimes.sequence import Sequence
+from edgeseq.runtimes.requests import Row
 
 POSITIONS = (32, 256, 1024)
 
@@ -118,7 +118,7 @@ def step_ms_by_position(path: str | Path, bandwidth_gb_s: float, threads: int | 
             length = position - repeats - 1
             if position > config["max_positions"] or length < 1:
                 continue
-            seq = Sequence(rng.integers(3, config["vocab_size"], size=length).tolist(), repeats + 1, frozenset())
+            seq = Row(rng.integers(3, config["vocab_size"], size=length).tolist())
             first = engine.admit([seq])[0]
             seq.next_token = int(first.argmax()) if first is not None else seq.next_token
             times = []

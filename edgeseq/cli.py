@@ -147,6 +147,7 @@ def parse_ids(text: str) -> list[int]:
 @click.option("--input-ids", "inputs", multiple=True, help='Source token ids, e.g. "5 17 3"; repeat for a batch.')
 @click.option("--text", "texts", multiple=True, help="Source text (needs an artifact with a tokenizer); repeat for a batch.")
 @click.option("--max-new-tokens", default=None, type=int, help="Default 32 (PASTA: the whole spliced answer, default 160).")
+@click.option("--num-samples", "n", default=1, show_default=True, type=int, help="Completions per prompt (one prefill, forked rows).")
 @click.option("--do-sample", is_flag=True, help="Sample instead of greedy decoding.")
 @click.option("--temperature", default=1.0, show_default=True)
 @click.option("--top-k", default=0, show_default=True, help="0 disables.")
@@ -159,41 +160,37 @@ def parse_ids(text: str) -> list[int]:
               help="StagFormer: a step's stages concurrently (default), in turn, or recurrent (shared weights: last stack "
                    "only). PASTA: its threads in parallel (default) or sequential (the interpreter's order).")
 @click.option("--low-memory", is_flag=True, help="No weight prepacking: about half the memory, slower at batch > 1.")
+@click.option("--timeline", type=click.Path(path_type=Path), default=None,
+              help="PASTA: draw the threads over the steps into this .svg or .png (needs the plot extra).")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def generate(artifact, inputs, texts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_tokens, target, threads, schedule, low_memory, as_json):
+def generate(artifact, inputs, texts, max_new_tokens, n, do_sample, temperature, top_k, top_p, seed, stop_tokens, target,
+             threads, schedule, low_memory, timeline, as_json):
     """Generate tokens from a compiled ARTIFACT."""
-    from edgeseq.runtimes import PastaModel, SamplingOptions, load
+    from edgeseq.generate_output import print_rows, rows_json
+    from edgeseq.runtimes import SamplingOptions, load
 
     if bool(inputs) == bool(texts):
         raise GenerateError("give the input as --input-ids or as --text (one of them)",
                             'e.g. --input-ids "5 17 3" or --text "translate this"')
+    if timeline is not None:
+        from edgeseq.timeline import check_timeline_path
+
+        check_timeline_path(timeline)
     sampling = SamplingOptions(do_sample, temperature, top_k, top_p, seed)
     with load(artifact, target=target, threads=threads, schedule=schedule, low_memory=low_memory) as model:
         rows = [model.encode_text(t) for t in texts] if texts else [parse_ids(text) for text in inputs]
-        if isinstance(model, PastaModel):
-            pasta_generate(model, rows, max_new_tokens, sampling, bool(texts), as_json)
-            return
-        result = model.generate(rows, max_new_tokens or 32, list(stop_tokens) or None, sampling)
+        result = model.generate(rows, max_new_tokens, list(stop_tokens) or None, sampling, n=n)
         decoded = [model.decode_text(row) for row in result.tokens] if texts else None
+        names = {v: k for k, v in model.decoding.vocabulary.items()}
+    if timeline is not None:
+        from edgeseq.timeline import draw_timeline
+
+        draw_timeline(result.rows, timeline)
     if as_json:
-        emit_json({"tokens": result.tokens, **({"text": decoded} if decoded is not None else {})})
+        emit_json(rows_json(result, decoded))
     else:
-        for row, ids in enumerate(result.tokens):
-            click.echo(decoded[row] if decoded is not None else " ".join(map(str, ids)))
-
-
-def pasta_generate(model, rows, max_new_tokens, sampling, as_text: bool, as_json: bool) -> None:
-    from edgeseq.pasta_cli import pasta_generate_json, print_pasta_results
-    from edgeseq.runtimes.pasta_lang import Budgets
-
-    budgets = Budgets(max_tokens=max_new_tokens) if max_new_tokens else Budgets()
-    results = model.generate(rows, budgets=budgets, sampling=sampling)
-    decoded = [model.decode_text(r.tokens) for r in results] if as_text else None
-    if as_json:
-        emit_json(pasta_generate_json(results, decoded))
-    else:
-        print_pasta_results(out_console, results, decoded, model.vocabulary)
+        print_rows(out_console, result, decoded, names)
 
 
 @cli.command()
@@ -263,10 +260,11 @@ def inspect_cmd(artifact, as_json):
             out_console.print(f"  {h['from']}:{h['output']} -> {h['to']}:{h['input']} ({h['when']}); every cache stays with its stage")
     if info["pruning"]:
         print_pruning(info["pruning"])
-    if info.get("pasta"):
-        from edgeseq.pasta_cli import print_pasta_section
+    from edgeseq.families import family
 
-        print_pasta_section(out_console, info["pasta"])
+    record = family(info["family"])
+    if record.print_inspect is not None:
+        record.print_inspect(out_console, info)
     if info["parity"]:
         p = info["parity"]
         quality = (f", mean {p['mean_abs_logit_diff']:.2e}, teacher-forced top-1 {p['top1_agreement']:.3f}"
@@ -383,10 +381,11 @@ def deploy_ray(artifact, out, replicas, threads, name, host, port, force):
 
 
 def print_bench(report) -> None:
-    if "pasta" in report:
-        from edgeseq.pasta_cli import print_pasta_bench
+    from edgeseq.families import family
 
-        print_pasta_bench(out_console, report)
+    record = family(report["family"])
+    if record.print_bench is not None:
+        record.print_bench(out_console, report)
         return
     table = Table("engine", "prefill ms", "decode tok/s b1", "decode tok/s b8", "resident MB", "roofline b1")
     for r in report["results"]:

@@ -42,6 +42,10 @@ class Family:
     presets: Callable[[], list[str]]
     torch_baseline: bool = False  # `bench --vs-torch` can time its checkpoint in PyTorch eager
     notes: dict[str, str] = field(default_factory=dict)
+    # optional hooks for what only some families have (torch-free: an edge box runs them)
+    bench: Callable[..., dict] | None = None  # (artifact path, rounds, threads, on_progress) -> report
+    print_bench: Callable[[Any, dict], None] | None = None  # (console, report)
+    print_inspect: Callable[[Any, dict], None] | None = None  # (console, inspect info): its own section
 
 
 # ----- edgeseq checkpoints (config.json with "family") ----------------------------------------
@@ -118,6 +122,24 @@ def _pasta_exporter():
     from edgeseq.exporters.stagformer import StagFormerExporter
 
     return StagFormerExporter(family="pasta")
+
+
+def _pasta_bench(*args, **kwargs):
+    from edgeseq.pasta_bench import pasta_bench
+
+    return pasta_bench(*args, **kwargs)
+
+
+def _print_pasta_bench(console, report) -> None:
+    from edgeseq.pasta_cli import print_pasta_bench
+
+    print_pasta_bench(console, report)
+
+
+def _print_pasta_section(console, info) -> None:
+    from edgeseq.pasta_cli import print_pasta_section
+
+    print_pasta_section(console, info["pasta"])
 
 
 def _pasta_parity(*args, **kwargs):
@@ -216,9 +238,10 @@ FAMILIES: dict[str, Family] = {
         _init_edgeseq("stagformer"), _edgeseq_presets("stagformer"),
     ),
     "pasta": Family(
-        "pasta", "writes its own parallelism (promise/async/sync), decoded by the PASTA scheduler",
+        "pasta", "writes its own parallelism (promise/async/sync); its threads are rows of the one scheduler",
         _has_family("pasta"), _load_edgeseq, _pasta_exporter, _pasta_passes, _pasta_parity,
         _init_edgeseq("pasta"), _edgeseq_presets("pasta"),
+        bench=_pasta_bench, print_bench=_print_pasta_bench, print_inspect=_print_pasta_section,
     ),
 }
 

@@ -50,7 +50,7 @@ def inspect_artifact(path: str | Path, verify: bool = True, bandwidth_gb_s: floa
         "total_bytes": sum(f["bytes"] for f in files.values()),
         "tokenizer": m.get("tokenizer"),  # {"file", "vocab_size"} when text works, else None
         "pruning": m.get("pruning"),
-        "pasta": {k: v for k, v in m["pasta"].items() if k != "bench_prompts"} if "pasta" in m else None,  # NASH: kept units, parameters and FLOPs before/after stripping
+        "pasta": {k: v for k, v in m.get("pasta", {}).items() if k != "bench_prompts"} or None,  # NASH: kept units, parameters and FLOPs before/after stripping
         "parity": {k: parity[k] for k in ("precision", "max_abs_logit_diff", "mean_abs_logit_diff", "top1_agreement",
                                            "greedy_token_agreement", "atol", "bounds", "passed") if k in parity}
         or None,

@@ -30,7 +30,7 @@ def pasta_bench(path: str | Path, rounds: int = 5, threads: int | None = None,
         if not prompts:
             raise BuildError(f"{path} has no bench prompts (its vocabulary is not the PASTA task's)",
                              "time it with your own prompts through edgeseq.runtimes.load(...).generate")
-        outputs = {s: [model.generate([p], schedule=s)[0] for p in prompts] for s in PASTA_SCHEDULES}  # warm-up too
+        outputs = {s: [model.generate([p], schedule=s).rows[0] for p in prompts] for s in PASTA_SCHEDULES}  # warm-up too
         samples: dict[str, list[float]] = {s: [] for s in PASTA_SCHEDULES}
         for r in range(rounds):
             say(f"round {r + 1}/{rounds}")

@@ -43,7 +43,7 @@ def pasta_parity(runtime, model: torch.nn.Module, bounds: QualityBounds | float,
     examples = pasta_examples_per_k(count // 4, seed)
     prompts, answers = [e.prompt for e in examples], [e.spliced for e in examples]
     budgets = Budgets(max_chunk_tokens=64, max_tokens=max(len(a) for a in answers) + 1)
-    forced = runtime.generate(prompts, budgets=budgets, forced=answers, record_logits=True)
+    forced = runtime.generate(prompts, budgets=budgets, forced=answers, return_logits=True).rows
     ids, positions, _, visible = batch_layout([p + a for p, a in zip(prompts, answers)], [len(p) for p in prompts])
     with torch.no_grad():
         reference = masked_logits(model, ids, positions, visible).numpy()
@@ -57,7 +57,7 @@ def pasta_parity(runtime, model: torch.nn.Module, bounds: QualityBounds | float,
                 theirs.append(reference[b, at])
     errors = logit_errors(np.stack(theirs), np.stack(ours))
     agreement, ties = 1.0, []
-    for prompt, result in zip(prompts, runtime.generate(prompts)):
+    for prompt, result in zip(prompts, runtime.generate(prompts).rows):
         ours, reference_tokens = result.tokens, generate_sequential(model, prompt)
         if ours == reference_tokens:
             continue

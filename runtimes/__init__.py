@@ -5,10 +5,11 @@
         for token in model.stream([5, 17, 3], max_new_tokens=8): ...
 
 The layers, bottom up: a backend runs one graph (backend.py, ort_backend.py); the cache
-manager owns every row's state (kv_cache.py); the engine admits rows and steps them,
-following the manifest's wiring (engine.py); the scheduler batches every caller's rows
-continuously (scheduler.py); the loaded model checks requests and hands out results
-(model.py).
+manager owns every row's buffers (kv_cache.py); the engine admits rows and steps them,
+following the manifest's wiring (engine.py); a request owns one or more rows
+(requests.py) and its policy says what they do after each step (policies/: single,
+samples, pasta); the one scheduler batches every caller's rows continuously
+(scheduler.py); the loaded model checks requests and hands out results (model.py).
 """
 
 import os
@@ -21,27 +22,27 @@ from .artifact import FORMAT_VERSION, Artifact, read_artifact
 from .backend import TARGETS, make_backend
 from .decoding import GenerateResult
 from .engine import Engine
-from .model import LoadedModel
-from .pasta import SCHEDULES as PASTA_SCHEDULES
-from .pasta_model import PastaModel
+from .model import LoadedModel, TokenStream
+from .policies import Decoding, decoding_for
+from .policies.pasta import SCHEDULES as PASTA_SCHEDULES
+from .requests import RowResult, TokenEvent
 from .sampling import SamplingOptions
 from .scheduler import Scheduler
 
 # how a decoder-only model's stages run; encoder-decoder models have one schedule
-SCHEDULES = ("concurrent", "sequential", "recurrent")
+SCHEDULES = Decoding.schedules
 
 
 def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, verify: bool = True,
          schedule: str | None = None, low_memory: bool = False, max_batch: int = 32,
-         max_queue: int = 256) -> "LoadedModel | PastaModel":
+         max_queue: int = 256) -> LoadedModel:
     """Load a compiled artifact: verify it, create every session, start its scheduler.
 
     `threads` is the total intra-op thread budget (default: all cores); `schedule`
     (decoder-only models split into stages) runs the stages of a step `concurrent`ly
     (the default), `sequential`ly, or `recurrent`ly (shared weights: the last stack
-    only). A PASTA artifact returns a PastaModel, whose `schedule` is how its threads
-    run: "parallel" (the default; split stages run concurrently) or "sequential" (the
-    interpreter's order); `low_memory`
+    only); for a PASTA artifact it is how its threads run: "parallel" (the default; split
+    stages run concurrently) or "sequential" (the interpreter's order). `low_memory`
     turns off ONNX Runtime's weight prepacking (about half the resident memory, slower at
     batch > 1); `max_batch` rows share a step at most, `max_queue` requests may wait.
     Use it as a context manager, or call `close()`, to stop its threads.
@@ -59,33 +60,21 @@ def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, 
 
 
 def _build(artifact: Artifact, target: str, threads: int | None, schedule: str | None, low_memory: bool,
-           max_batch: int, max_queue: int) -> "LoadedModel | PastaModel":
+           max_batch: int, max_queue: int) -> LoadedModel:
     decode = artifact.manifest["decode"]
     if decode["shape"] not in DECODE_SHAPES:
         raise LoadError(f"artifact decode shape {decode['shape']!r} has no engine in this edgeseq",
                         f"this edgeseq runs: {', '.join(DECODE_SHAPES)}; upgrade edgeseq")
-    if "pasta" in artifact.manifest:
-        return _build_pasta(artifact, target, threads, schedule or "parallel", low_memory, max_batch)
-    schedule = schedule or "concurrent"
-    if schedule not in SCHEDULES:
-        raise LoadError(f"unknown schedule {schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
+    decoding = decoding_for(artifact)
+    schedule = decoding.engine_schedule(schedule)
     steps, handoffs = list(decode["step"]), {}
     if schedule == "recurrent":
         steps, handoffs = recurrent_step(artifact)
     concurrent = schedule == "concurrent" and len(steps) > 1
-    return _assemble(artifact, target, threads, low_memory, steps, concurrent, max_batch, handoffs,
-                     lambda backend, engine: LoadedModel(artifact, backend, engine, Scheduler(engine, max_batch, max_queue)))
-
-
-def _build_pasta(artifact: Artifact, target: str, threads: int | None, schedule: str, low_memory: bool,
-                 max_batch: int) -> PastaModel:
-    """A PASTA artifact: its scheduler forks, steps and splices rows of one engine; the
-    stages of each step run concurrently under either thread schedule."""
-    if schedule not in PASTA_SCHEDULES:
-        raise LoadError(f"unknown PASTA schedule {schedule!r}", f"choose one of: {', '.join(PASTA_SCHEDULES)}")
-    steps = list(artifact.manifest["decode"]["step"])
-    return _assemble(artifact, target, threads, low_memory, steps, len(steps) > 1, max(max_batch, 2), {},
-                     lambda backend, engine: PastaModel(artifact, backend, engine, schedule))
+    rows = max(max_batch, decoding.min_rows)
+    return _assemble(artifact, target, threads, low_memory, steps, concurrent, rows, handoffs,
+                     lambda backend, engine: LoadedModel(artifact, backend, engine,
+                                                         Scheduler(engine, rows, max_queue), decoding))
 
 
 def _assemble(artifact: Artifact, target: str, threads: int | None, low_memory: bool, steps: list[str],
@@ -128,5 +117,5 @@ def recurrent_step(artifact: Artifact) -> tuple[list[str], dict[str, str]]:
     return [last], {memory[0]["name"]: outputs.pop()}
 
 
-__all__ = ["SCHEDULES", "PASTA_SCHEDULES", "FORMAT_VERSION", "PastaModel", "TARGETS", "Artifact", "GenerateResult", "LoadedModel", "SamplingOptions",
-           "load", "read_artifact"]
+__all__ = ["SCHEDULES", "PASTA_SCHEDULES", "FORMAT_VERSION", "TARGETS", "Artifact", "GenerateResult", "LoadedModel",
+           "RowResult", "SamplingOptions", "TokenEvent", "TokenStream", "load", "read_artifact"]

@@ -6,11 +6,30 @@ import numpy as np
 
 from edgeseq.errors import GenerateError
 
+from .requests import RowResult
+
 
 @dataclass
 class GenerateResult:
+    """The same for every family. Output rows are prompt-major: prompt b's n samples are rows
+    b*n .. b*n+n-1. `rows[i]` carries row i's finish reason and what only its decoding has
+    (PASTA: a PastaResult, whose `tokens` are the spliced answer, with its outcome, thread
+    timeline and longest path)."""
+
     tokens: list[list[int]]  # per row, generated ids (a stop token, if hit, is the last)
-    logits: list[np.ndarray] = field(default_factory=list)  # per step [B, V], when asked for
+    logits: list[np.ndarray] = field(default_factory=list)  # per step [rows, V], when asked for
+    rows: list[RowResult] = field(default_factory=list)
+
+    @classmethod
+    def from_rows(cls, rows: list[RowResult], vocab_size: int) -> "GenerateResult":
+        result = cls([r.tokens for r in rows], rows=rows)
+        recorded = [r.logits for r in rows if r.logits is not None]
+        if recorded and all(x is not None for logits in recorded for x in logits):  # per-step [rows, V]
+            steps = max(len(logits) for logits in recorded)
+            nan = np.full(vocab_size, np.nan, np.float32)
+            result.logits = [np.stack([logits[i] if i < len(logits) else nan for logits in recorded])
+                             for i in range(steps)]
+        return result
 
 
 def normalize_input(input_ids, vocab_size: int) -> list[list[int]]:

@@ -22,7 +22,7 @@ from edgeseq.errors import GenerateError, LoadError, StepError
 from .artifact import Artifact
 from .backend import Backend
 from .kv_cache import BufferSpec, CacheManager
-from .sequence import Sequence
+from .requests import Row
 
 STATE_ROLES = ("cache", "encoder_output", "handoff")
 
@@ -119,6 +119,7 @@ class Engine:
         self.ids = np.zeros((max_rows, 1), dtype=np.int64)
         self.positions = np.zeros((max_rows, 1), dtype=np.int64)
         self._feeds: tuple | None = None  # (key, per-graph feeds) of wrapped views, remade when rows change
+        self.prefilled_rows = 0  # rows the once-per-request graph has run over (a fork runs none)
         self.workers = [StageWorker(self._run, g) for g in self.step_graphs[:-1]] if concurrent else []
 
     # ----- graphs ------------------------------------------------------------------------------
@@ -181,31 +182,32 @@ class Engine:
         by_role = {"token_ids": ids, "mask": mask, "positions": np.maximum(mask.cumsum(axis=1) - 1, 0)}
         feeds = {t["name"]: by_role[t["role"]] for t in self.graph_inputs[self.once]}
         outputs = self._run(self.once, feeds)
+        self.prefilled_rows += len(rows)
         return feeds, {k: self.backend.numpy(v) for k, v in outputs.items()}
 
-    def admit(self, seqs: list[Sequence]) -> list[np.ndarray | None]:
-        """Give new sequences cache rows and run the once-per-request graph for them.
+    def admit(self, rows: list[Row]) -> list[np.ndarray | None]:
+        """Give new rows cache slots and run the once-per-request graph for them.
 
         Encoder-decoder: the encoder's outputs become the rows' read-only state, and each row
         starts its first step from bos (no logits yet). Decoder-only: the prefill fills the
         rows' caches and returns each row's logits for its first generated token.
         """
         c = self.cache
-        feeds, outputs = self.run_once([s.prompt for s in seqs])
+        feeds, outputs = self.run_once([s.prompt for s in rows])
         if self.shape == "encoder_decoder":
             values = {**feeds, **outputs}
-            c.reserve("source", max(len(s.prompt) for s in seqs))
-            for i, s in enumerate(seqs):
+            c.reserve("source", max(len(s.prompt) for s in rows))
+            for i, s in enumerate(rows):
                 slot = c.add_row(s)
                 for name, t in self.state.items():
                     if t["role"] == "encoder_output":
                         c.write_row(name, slot, values[t["source"]][i])
                 s.next_token = self.config["bos_token_id"]
                 s.position = len(s.prompt) if self.config.get("consecutive_positions") else 0
-            return [None] * len(seqs)
-        c.reserve("cache", max(len(s.prompt) for s in seqs) + 1)
+            return [None] * len(rows)
+        c.reserve("cache", max(len(s.prompt) for s in rows) + 1)
         logits = outputs[self.once_logits]
-        for i, s in enumerate(seqs):
+        for i, s in enumerate(rows):
             slot = c.add_row(s)
             length = len(s.prompt)
             for name, t in self.state.items():
@@ -217,27 +219,27 @@ class Engine:
                 c.write_row(name, slot, outputs[source][i])
             c.lengths[slot] = length
             s.position = length
-        return [logits[i, -1] for i in range(len(seqs))]
+        return [logits[i, -1] for i in range(len(rows))]
 
-    def step(self, seqs: list[Sequence]) -> np.ndarray:
-        """One token for every active row (`seqs` are the cache's owners, in slot order):
+    def step(self, rows: list[Row]) -> np.ndarray:
+        """One token for every active row (`rows` are the cache's owners in slots 0..n-1, in slot order):
         returns the logits [n, V] that choose each row's next token."""
         c = self.cache
-        n = len(seqs)
+        n = len(rows)
         c.reserve("cache", int(c.lengths[:n].max()) + 1)
-        self.ids[:n, 0] = [s.next_token for s in seqs]
-        self.positions[:n, 0] = [s.position for s in seqs]
+        self.ids[:n, 0] = [s.next_token for s in rows]
+        self.positions[:n, 0] = [s.position for s in rows]
         outputs = self._run_step(self.feeds(n))
         numpy = self.backend.numpy
         c.write_step([(name, numpy(outputs[out])) for out, name in self.writes], n)
         for out, name in self.handoffs:
             c.buffers[name][:n] = numpy(outputs[out])
         c.lengths[:n] += 1
-        for s in seqs:
+        for s in rows:
             s.position += 1
         return self.backend.numpy(outputs[self.logits_output])[:, -1]
 
-    def fork(self, parent: Sequence, child: Sequence, length: int | None = None,
+    def fork(self, parent: Row, child: Row, length: int | None = None,
              state: dict[str, np.ndarray] | None = None) -> None:
         """`child` gets its own row holding a copy of `parent`'s caches (the first `length`
         slots when given) and state (`state` when given: a `cache.row_state` snapshot)."""
@@ -245,7 +247,7 @@ class Engine:
         child.position = parent.position
         child.next_token = parent.next_token
 
-    def splice(self, into: Sequence, source: Sequence, start: int, end: int) -> None:
+    def splice(self, into: Row, source: Row, start: int, end: int) -> None:
         """Append `source`'s cache slots start..end-1 to `into`'s cache (visible next step)."""
         self.cache.splice(into.slot, source.slot, start, end)
 
@@ -255,10 +257,10 @@ class Engine:
         token's entry there is written one step later."""
         return any(spec.lag for spec in self.cache.specs.values())
 
-    def release(self, seq: Sequence) -> None:
-        if seq.slot is not None:
-            self.cache.release(seq.slot)
-            seq.slot = None
+    def release(self, row: Row) -> None:
+        if row.slot is not None:
+            self.cache.release(row.slot)
+            row.slot = None
 
     def close(self) -> None:
         for worker in self.workers:

@@ -153,7 +153,7 @@ class CacheManager:
     def segment(self, slot: int, start: int, end: int) -> dict[str, np.ndarray]:
         """A copy of row `slot`'s cache slots start..end-1, every cache buffer. A lagging
         cache's entries for those slots must all be written (a finished chunk's last
-        entry needs one more step: runtimes/pasta.py flushes it)."""
+        entry needs one more step: runtimes/policies/pasta.py flushes it)."""
         return {name: self.buffers[name][slot, :, start:end].copy()
                 for name, spec in self.specs.items() if spec.role == "cache"}
 

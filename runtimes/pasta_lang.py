@@ -1,7 +1,7 @@
 """PASTA-LANG over token ids: the tag ids, the budgets, and a streaming parser per thread.
 
 Training (runtimes/pasta_layout.py, models/pasta.py), the torch sequential interpreter and
-the runtime's scheduler (runtimes/pasta.py) all read a stream through these rules, so
+the runtime's PASTA policy (runtimes/policies/pasta.py) all read a stream through these rules, so
 they agree on every malformed case too. Torch-free.
 
 The main thread (`MainParser`), token by token after the prompt:

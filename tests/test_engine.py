@@ -11,7 +11,7 @@ from conftest import ALL_ON
 from edgeseq.runtimes import SamplingOptions, load, read_artifact
 from edgeseq.runtimes.backend import make_backend
 from edgeseq.runtimes.engine import Engine
-from edgeseq.runtimes.sequence import Sequence
+from edgeseq.runtimes.requests import Row
 
 from edgeseq.errors import GenerateError
 
@@ -114,11 +114,11 @@ def lm_engine(artifacts):
     backend.close()
 
 
-def seq(prompt: list[int]) -> Sequence:
-    return Sequence(prompt, 64, frozenset())
+def seq(prompt: list[int]) -> Row:
+    return Row(prompt)
 
 
-def greedy_steps(engine: Engine, seqs: list[Sequence], steps: int) -> list[np.ndarray]:
+def greedy_steps(engine: Engine, seqs: list[Row], steps: int) -> list[np.ndarray]:
     """Run `steps` batched steps over `seqs` (the engine's active rows); greedy tokens."""
     out = []
     for _ in range(steps):

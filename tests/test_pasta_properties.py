@@ -55,7 +55,7 @@ def test_random_streams_through_the_scheduler(pasta_compiled, prompt, stream, li
     outputs = []
     for schedule in ("parallel", "sequential"):
         start = time.monotonic()
-        result = runtime.generate([prompt + [T.BOS]], budgets=budgets, forced=[stream], schedule=schedule)[0]
+        result = runtime.generate([prompt + [T.BOS]], budgets=budgets, forced=[stream], schedule=schedule).rows[0]
         assert time.monotonic() - start < PER_CASE_S
         assert len(result.tokens) <= total and result.outcome
         assert all(c["tokens"] <= chunk_budget for c in result.threads[1:])
@@ -87,8 +87,8 @@ def test_runtime_masks_and_positions_equal_trainings(pasta_compiled, doc, live):
     runtime, model = pasta_compiled
     prompt, answer = doc
     pasta_layout(prompt + answer, len(prompt), T.TAGS)  # well-formed by construction
-    result = runtime.generate([prompt], budgets=Budgets(live, 64, 200), forced=[answer], record_logits=True,
-                              schedule="parallel")[0]
+    result = runtime.generate([prompt], budgets=Budgets(live, 64, 200), forced=[answer], return_logits=True,
+                              schedule="parallel").rows[0]
     assert result.tokens == answer and result.outcome == "eos"
     ids, positions, _, visible = batch_layout([prompt + answer], [len(prompt)])
     with torch.no_grad():

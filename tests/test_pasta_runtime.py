@@ -25,7 +25,7 @@ WIDE = Budgets(max_chunk_tokens=64, max_tokens=200)  # nothing in a task documen
 
 def worst_forced_difference(runtime, model, examples, **kwargs) -> float:
     prompts, answers = [e.prompt for e in examples], [e.spliced for e in examples]
-    results = runtime.generate(prompts, budgets=kwargs.pop("budgets", WIDE), forced=answers, record_logits=True, **kwargs)
+    results = runtime.generate(prompts, budgets=kwargs.pop("budgets", WIDE), forced=answers, return_logits=True, **kwargs).rows
     ids, positions, _, visible = batch_layout([p + a for p, a in zip(prompts, answers)], [len(p) for p in prompts])
     with torch.no_grad():
         reference = masked_logits(model, ids, positions, visible).numpy()
@@ -59,14 +59,14 @@ def test_greedy_output_equals_the_torch_interpreter_in_both_schedules(pasta_comp
     budgets = Budgets(max_chunk_tokens=6, max_tokens=40)
     reference = [generate_sequential(model, p, budgets) for p in prompts]
     for schedule in ("parallel", "sequential"):
-        assert [r.tokens for r in runtime.generate(prompts, budgets=budgets, schedule=schedule)] == reference
+        assert [r.tokens for r in runtime.generate(prompts, budgets=budgets, schedule=schedule).rows] == reference
 
 
 def test_chunks_are_cut_at_their_budget_and_the_answer_at_max_tokens(pasta_compiled):
     runtime, _ = pasta_compiled
     e = pasta_examples(1, seed=330, k=3)[0]
     budgets = Budgets(max_chunk_tokens=4, max_tokens=30)
-    results = [runtime.generate([e.prompt], budgets=budgets, forced=[e.spliced], schedule=s)[0]
+    results = [runtime.generate([e.prompt], budgets=budgets, forced=[e.spliced], schedule=s).rows[0]
                for s in ("parallel", "sequential")]
     assert results[0].tokens == results[1].tokens and len(results[0].tokens) <= 30
     chunks = results[0].threads[1:]
@@ -79,17 +79,17 @@ def test_sampling_draws_per_thread_streams_so_the_schedule_does_not_matter(pasta
     prompts = [e.prompt for e in pasta_examples(4, seed=340)]
     sampling = SamplingOptions(do_sample=True, temperature=1.5, seed=7)
     budgets = Budgets(max_chunk_tokens=8, max_tokens=48)
-    runs = [[r.tokens for r in runtime.generate(prompts, budgets, sampling, schedule=s)]
+    runs = [[r.tokens for r in runtime.generate(prompts, budgets=budgets, sampling=sampling, schedule=s).rows]
             for s in ("parallel", "sequential", "parallel")]
     assert runs[0] == runs[1] == runs[2]
-    other = [r.tokens for r in runtime.generate(prompts, budgets, SamplingOptions(True, 1.5, seed=8))]
+    other = [r.tokens for r in runtime.generate(prompts, budgets=budgets, sampling=SamplingOptions(True, 1.5, seed=8)).rows]
     assert other != runs[0]
 
 
 def test_the_timeline_shows_forks_waits_and_finishes(pasta_compiled):
     runtime, _ = pasta_compiled
     e = pasta_examples(1, seed=350, k=3)[0]
-    result = runtime.generate([e.prompt], budgets=WIDE, forced=[e.spliced])[0]
+    result = runtime.generate([e.prompt], budgets=WIDE, forced=[e.spliced]).rows[0]
     main, *chunks = result.threads
     assert len(chunks) == 3 and main["waits"] and main["waits"][0][1] >= max(c["finished_step"] for c in chunks)
     assert [c["promised"] for c in chunks] == e.promised
@@ -151,15 +151,15 @@ def test_bad_requests_are_refused_with_the_fix(pasta_compiled):
 def test_what_a_pasta_artifact_cannot_do_is_refused(artifacts, tmp_path):
     from edgeseq.errors import BuildError, LoadError
     from edgeseq.pasta_bench import pasta_bench
-    from edgeseq.serving.app import build_app
 
     _, artifact = artifacts.get(family="pasta", n_stacks=1)
     with pytest.raises(LoadError, match="unknown PASTA schedule 'recurrent'"):
         load(artifact, schedule="recurrent")
-    model = load(artifact)
-    with pytest.raises(BuildError, match="does not serve pasta artifacts"):
-        build_app(model, "pasta", close_model=True)
-    assert model._closed  # closed by the refusal, not left running
+    with load(artifact) as model:  # options only PASTA takes, and what it cannot take, are named
+        with pytest.raises(GenerateError, match="stop_tokens does not apply"):
+            model.generate([[40, T.BOS]], stop_tokens=[3])
+        with pytest.raises(GenerateError, match="option 'beams' is not one"):
+            model.generate([[40, T.BOS]], beams=2)
     edited = tmp_path / "edited"
     shutil.copytree(artifact, edited)
     manifest = json.loads((edited / "manifest.json").read_text())

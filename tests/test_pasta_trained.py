@@ -31,7 +31,7 @@ def trained(request, tmp_path_factory):
 
 def agree_and_answer(runtime, model, per_k: int) -> dict:
     examples = pasta_examples_per_k(per_k, HELD_OUT_SEED)
-    results = runtime.generate([e.prompt for e in examples])
+    results = runtime.generate([e.prompt for e in examples]).rows
     for e, r in zip(examples, results):
         assert r.tokens == generate_sequential(model, e.prompt), "the parallel schedule left the interpreter"
     return outputs_report(examples, [r.tokens for r in results])

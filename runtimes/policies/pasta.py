@@ -1,13 +1,14 @@
-"""PASTA's scheduler: threads forked at promises, decoded together, spliced at the sync.
+"""The `pasta` policy: threads forked at promises, decoded together, spliced at the sync.
 
-Each document (one prompt) starts as one thread, main, on one engine row. The main
+Each document (one prompt, one request) starts as one thread, main, on one row. The main
 thread's tokens go through PASTA-LANG's parser (runtimes/pasta_lang.py):
 - a promise's `/>` is fed like any token; right after that step the scheduler records a
   fork point (the main row's cache length, and its handoff state), moves the main
   thread's position to p + N + 1 and creates chunk j, which gets its own row as a copy
   of that prefix (no recomputed prefix) and starts from a forced `<async>` at p + 1;
-- every running thread, of every document, is one row of the same batched engine step
-  (under StagFormer the stage sessions of that step run concurrently);
+- every running thread, of every document of every caller, is one row of the one
+  scheduler's batched step (under StagFormer the stage sessions of that step run
+  concurrently);
 - `<sync/>` (and eos) makes the main thread wait until its chunks have finished; at the
   sync each chunk's cache segment is appended to the main row, then `<sync/>` is fed, so
   from that token on the main thread sees every chunk, as in training;
@@ -30,6 +31,11 @@ spliced order), and the spliced output is truncated at the first stop in documen
 
 Sampling: each thread draws from its own RNG stream, seeded (seed, document, thread), so
 what a thread samples does not depend on which others share its steps.
+
+Rows: a document reserves two rows at admission (its main thread and one chunk), so a
+promise always finds a row eventually, whatever other requests hold; chunks past the
+reservation fork when the scheduler has a free row. The main row is never freed before
+the document ends: pending chunks fork from it.
 """
 
 import time
@@ -39,10 +45,10 @@ import numpy as np
 
 from edgeseq.errors import GenerateError
 
-from .engine import Engine
-from .pasta_lang import Budgets, Kind, MainParser, PastaTags, chunk_token
-from .sampling import SamplingOptions, choose_next
-from .sequence import Sequence
+from ..pasta_lang import Budgets, Kind, MainParser, PastaTags, chunk_token
+from ..requests import Request, Row, RowResult, TokenEvent, rng_stream
+from ..sampling import choose_next
+from .base import Policy, RowOps
 
 MAIN = -1
 SCHEDULES = ("parallel", "sequential")
@@ -56,7 +62,7 @@ class Thread:
     document: int  # its document's index
     rng: np.random.Generator
     tokens: list[int] = field(default_factory=list)  # main: after the prompt; chunk: <async> .. </async>
-    seq: Sequence | None = None  # its engine row while it has one
+    row: Row | None = None  # its cache row's state, once forked
     state: str = "pending"  # pending (no row yet), running, waiting, flushing, done, stopped
     stop_reason: str = ""
     logits: list[np.ndarray] = field(default_factory=list)  # per token, when recorded
@@ -140,13 +146,17 @@ class Document:
 
 
 @dataclass
-class PastaResult:
-    tokens: list[int]  # the spliced answer
-    threads: list[dict]  # per thread its timeline
-    outcome: str  # eos, or why the answer ended: max_tokens, max_positions, malformed: <reason>
-    steps: int  # batched engine steps of the whole run
-    longest_path: int  # tokens on the longest chain that must be decoded one after another
-    logits: list[np.ndarray | None] | None = None  # per answer token its choosing logits (record_logits)
+class PastaResult(RowResult):
+    """The spliced answer is `tokens`; the extra fields say how it was decoded."""
+
+    threads: list[dict] = field(default_factory=list)  # per thread its timeline
+    outcome: str = "ended"  # eos, or why the answer ended: max_tokens, max_positions, malformed: <reason>
+    steps: int = 0  # batched steps in which this document's threads ran
+    longest_path: int = 0  # tokens on the longest chain that must be decoded one after another
+
+    def extras(self) -> dict:
+        return {"outcome": self.outcome, "steps": self.steps, "longest_path": self.longest_path,
+                "theoretical_speedup": self.theoretical_speedup, "threads": self.threads}
 
     @property
     def theoretical_speedup(self) -> float:
@@ -155,181 +165,161 @@ class PastaResult:
 
 
 
-class PastaScheduler:
-    """Decodes PASTA documents on an engine it owns while `run` runs (not thread-safe)."""
+class PastaPolicy(Policy):
+    """One document's threads on the rows of one request (the request's row 0 is main)."""
 
-    def __init__(self, engine: Engine, tags: PastaTags, config: dict, budgets: Budgets | None = None,
-                 schedule: str = "parallel"):
+    reserve = 2
+
+    def __init__(self, request: Request, tags: PastaTags, config: dict, budgets: Budgets, schedule: str,
+                 forced: list[int] | None = None):
         if schedule not in SCHEDULES:
             raise GenerateError(f"unknown PASTA schedule {schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
-        self.engine, self.tags, self.schedule = engine, tags, schedule
-        self.vocab_size, self.max_positions = config["vocab_size"], config.get("max_positions", 1 << 30)
+        self.request, self.tags, self.schedule, self.budgets = request, tags, schedule, budgets
+        self.max_positions = config.get("max_positions", 1 << 30)
         self.pad = config.get("pad_token_id", 0)
-        self.budgets = budgets or Budgets()
-        self.budgets.validate()
+        self.sampling = request.sampling
+        self.record_logits = request.return_logits
+        self.document = request.stream_index  # the RNG streams' key: (seed, document, thread + 1)
         self.step_count = 0
-        self.step_s: list[float] = []
-
-    # ----- the run ---------------------------------------------------------------------------
-    def run(self, prompts: list[list[int]], sampling: SamplingOptions | None = None,
-            forced: list[list[int]] | None = None, record_logits: bool = False) -> list[PastaResult]:
-        """Decode one answer per prompt. `forced`: per prompt a spliced answer whose tokens
-        are fed instead of chosen (teacher forcing; with `record_logits`, for parity)."""
-        self.sampling, self.record_logits = sampling or SamplingOptions(), record_logits
-        # each document can always fork one chunk: at most half the rows hold main threads
-        group = max(1, self.engine.cache.max_rows // 2)
-        results = []
-        for first in range(0, len(prompts), group):
-            part = range(first, min(first + group, len(prompts)))
-            results += self._run_group([prompts[i] for i in part], [forced[i] for i in part] if forced else None, first)
-        return results
-
-    def _run_group(self, prompts: list[list[int]], forced: list[list[int]] | None, first: int) -> list[PastaResult]:
-        self.step_count, start = 0, time.perf_counter()
         self.step_s = [0.0]
-        docs = [self._document(first + d, p, forced[d] if forced else None) for d, p in enumerate(prompts)]
-        by_index = {doc.index: doc for doc in docs}
-        try:
-            logits = self.engine.admit([doc.main.seq for doc in docs])
-            for doc, row in zip(docs, logits):
-                doc.main.state = "running"
-                self._choose(doc, doc.main, row)
-            while runnable := [t for doc in docs for t in self._runnable(doc)]:
-                runnable = self._first_rows(runnable)
-                step_logits = self.engine.step([t.seq for t in runnable])
-                self.step_count += 1
-                self.step_s.append(time.perf_counter() - start)
-                for t, row in zip(runnable, step_logits):
-                    self._after_step(by_index[t.document], t, row)
-            if not all(doc.finished for doc in docs):
-                raise GenerateError("the PASTA scheduler has no thread to run", "report this as a bug")
-        finally:
-            for doc in docs:
-                for t in doc.threads:
-                    if t.seq is not None and t.seq.slot is not None:
-                        self.engine.release(t.seq)
-        return [self._result(doc) for doc in docs]
-
-    def _first_rows(self, runnable: list[Thread]) -> list[Thread]:
-        """Put the threads to step in slots 0..m-1 (a step runs those), moving only rows that
-        are outside, and return them in slot order."""
-        cache, m = self.engine.cache, len(runnable)
-        stepping = {id(t.seq) for t in runnable}
-        holes = [slot for slot in range(m) if id(cache.owners[slot]) not in stepping]
-        for t, hole in zip([t for t in runnable if t.seq.slot >= m], holes):
-            cache.swap(t.seq.slot, hole)
-        return sorted(runnable, key=lambda t: t.seq.slot)
-
-    def _document(self, index: int, prompt: list[int], forced: list[int] | None) -> Document:
-        main = Thread(MAIN, index, self._rng(index, MAIN), state="running")
-        main.seq = Sequence(list(prompt), 1 << 30, frozenset())
-        doc = Document(index, main, MainParser(self.tags, self.vocab_size))
+        self.start_time = time.perf_counter()
+        main = Thread(MAIN, self.document, self._rng(MAIN), state="running")
+        main.row = request.new_row(0, main.rng)
+        self.doc = Document(self.document, main, MainParser(tags, config["vocab_size"]))
         if forced is not None:
-            doc.forced = split_threads(forced, self.tags)
-        return doc
+            self.doc.forced = split_threads(forced, tags)
+        self.by_row = {id(main.row): main}
 
-    def _rng(self, doc: int, thread: int) -> np.random.Generator:
-        seed = self.sampling.seed
-        return np.random.default_rng(None if seed is None else [seed, doc, thread + 1])
+    def _rng(self, thread: int) -> np.random.Generator:
+        return rng_stream(self.sampling.seed, self.document, thread + 1)
+
+    # ----- the scheduler's calls -------------------------------------------------------------
+    def start(self) -> list[Row]:
+        self.start_time = time.perf_counter()
+        return [self.doc.main.row]
+
+    def admitted(self, ops: RowOps, row: Row, logits: np.ndarray | None) -> None:
+        self._choose(ops, self.doc.main, logits)
+
+    def runnable(self, ops: RowOps) -> list[Row]:
+        return [t.row for t in self._runnable(ops)]
+
+    def stepped(self, ops: RowOps, rows: list[Row], logits: list[np.ndarray]) -> None:
+        self.step_count += 1
+        self.step_s.append(time.perf_counter() - self.start_time)
+        for row, row_logits in zip(rows, logits):
+            self._after_step(ops, self.by_row[id(row)], row_logits)
+
+    @property
+    def done(self) -> bool:
+        return self.doc.finished
+
+    def progress(self) -> str:
+        return f"{sum(len(t.tokens) for t in self.doc.threads)} of {self.budgets.max_tokens} tokens"
 
     # ----- which threads step ------------------------------------------------------------------
-    def _runnable(self, doc: Document) -> list[Thread]:
+    def _runnable(self, ops: RowOps) -> list[Thread]:
         """Start the chunks that may start, resolve the main thread's wait, then the threads
         to step: every live one, or under the sequential schedule the live chunk alone (the
         main thread goes on only when no chunk is open)."""
-        self._start_chunks(doc)
+        doc = self.doc
+        self._start_chunks(ops)
         if doc.main.state == "waiting" and all(c.finished for c in doc.chunks):
-            self._end_wait(doc)
+            self._end_wait(ops)
         live = [t for t in doc.threads if t.state in ("running", "flushing")]
         if self.schedule == "sequential":
             return [t for t in live if t is not doc.main][:1] or live
         return live
 
-    def _start_chunks(self, doc: Document) -> None:
+    def _start_chunks(self, ops: RowOps) -> None:
         """Fork pending chunks, in promise order, while the schedule's live limit (one chunk
-        when sequential) and the engine's rows allow; a fork a budget stops frees its place."""
+        when sequential) and the free rows allow; a fork a budget stops frees its place."""
         limit = 1 if self.schedule == "sequential" else self.budgets.max_live_threads
-        live = sum(c.state in ("running", "flushing") for c in doc.chunks)
-        for c in doc.chunks:
-            if live >= limit or self.engine.cache.rows >= self.engine.cache.max_rows:
+        live = sum(c.state in ("running", "flushing") for c in self.doc.chunks)
+        for c in self.doc.chunks:
+            if live >= limit or not ops.can_fork(self.request):
                 return
             if c.state == "pending":
-                self._fork(doc, c)
+                self._fork(ops, c)
                 live += c.state == "running"
 
-    def _end_wait(self, doc: Document) -> None:
+    def _end_wait(self, ops: RowOps) -> None:
         """Every chunk has finished: splice them (at a sync) or end the document (at eos)."""
-        main = doc.main
+        main = self.doc.main
         main.waits[-1][1] = self.step_count
         if main.tokens[-1] == self.tags.eos:
-            self._finish(main, "done")
+            self._finish(ops, main, "done")
             return
-        if any(c.state == "stopped" for c in doc.chunks):
-            self._finish(main, "stopped", "a chunk before the sync stopped")
+        if any(c.state == "stopped" for c in self.doc.chunks):
+            self._finish(ops, main, "stopped", "a chunk before the sync stopped")
             return
-        for c in doc.chunks:
+        for c in self.doc.chunks:
             if c.segment is not None:
-                self.engine.cache.append(main.seq.slot, c.segment)
+                ops.append(main.row, c.segment)
                 c.segment = None
         main.state = "running"
 
-    def _fork(self, doc: Document, chunk: Thread) -> None:
+    def _fork(self, ops: RowOps, chunk: Thread) -> None:
         """Chunk `chunk` gets a row: the main row's prefix up to its promise, and `<async>`."""
-        if doc.answer_bound(chunk) >= self.budgets.max_tokens:
-            self._stop(chunk, "max_tokens")
+        if self.doc.answer_bound(chunk) >= self.budgets.max_tokens:
+            self._stop(ops, chunk, "max_tokens")
             return
         if chunk.fork_position >= self.max_positions:
-            self._stop(chunk, "max_positions")
+            self._stop(ops, chunk, "max_positions")
             return
-        chunk.seq = Sequence([], 1 << 30, frozenset())
-        self.engine.fork(doc.main.seq, chunk.seq, chunk.fork_length, chunk.fork_state)
+        row = self.request.new_row(0, chunk.rng)
+        if not ops.fork(self.doc.main.row, row, chunk.fork_length, chunk.fork_state):
+            self.request.rows.remove(row)
+            return
+        chunk.row = row
+        self.by_row[id(row)] = chunk
         chunk.fork_state = None
-        chunk.seq.position, chunk.seq.next_token = chunk.fork_position, self.tags.async_
+        row.position, row.next_token = chunk.fork_position, self.tags.async_
         chunk.tokens.append(self.tags.async_)
         chunk.logits.append(None)  # forced, never chosen
         chunk.state, chunk.forked_step = "running", self.step_count
+        self.request.emit(TokenEvent(self.tags.async_, 0, chunk.fork_position, chunk.index))
 
     # ----- after a step ------------------------------------------------------------------------
-    def _after_step(self, doc: Document, t: Thread, logits: np.ndarray) -> None:
+    def _after_step(self, ops: RowOps, t: Thread, logits: np.ndarray) -> None:
         """`t`'s fed token gave `logits`: act on what it fed, then choose its next token."""
         if t.state == "flushing":
-            self._close_chunk(t)
+            self._close_chunk(ops, t)
             return
         if t.index != MAIN and t.tokens[-1] == self.tags.end_async:  # tokens[0] is <async>
-            if self.engine.lagging:  # </async>'s cross-cache entry is written by one more step
-                t.state, t.seq.next_token, t.seq.position = "flushing", self.pad, t.fork_position
+            if ops.lagging:  # </async>'s cross-cache entry is written by one more step
+                t.state, t.row.next_token, t.row.position = "flushing", self.pad, t.fork_position
             else:
-                self._close_chunk(t)
+                self._close_chunk(ops, t)
             return
-        if t.index == MAIN and doc.fork_next is not None:
-            self._promise(doc, doc.fork_next)
-            doc.fork_next = None
-        self._choose(doc, t, logits)
+        if t.index == MAIN and self.doc.fork_next is not None:
+            self._promise(ops, self.doc.fork_next)
+            self.doc.fork_next = None
+        self._choose(ops, t, logits)
 
-    def _promise(self, doc: Document, promised: int) -> None:
+    def _promise(self, ops: RowOps, promised: int) -> None:
         """The main row has just fed a promise's `/>`: record chunk j's fork point."""
-        main = doc.main
-        slot = main.seq.slot
-        chunk = Thread(len(doc.chunks), doc.index, self._rng(doc.index, len(doc.chunks)))
+        doc, main = self.doc, self.doc.main
+        chunk = Thread(len(doc.chunks), doc.index, self._rng(len(doc.chunks)))
         chunk.promised, chunk.main_before, chunk.promised_step = promised, len(main.tokens), self.step_count
-        chunk.fork_length = int(self.engine.cache.lengths[slot])
-        chunk.fork_state = self.engine.cache.row_state(slot)
-        chunk.fork_position = main.seq.position  # p + 1: the promise's `/>` sat at p
-        main.seq.position += promised  # the main thread resumes at p + N + 1
+        chunk.fork_length, chunk.fork_state = ops.snapshot(main.row)
+        chunk.fork_position = main.row.position  # p + 1: the promise's `/>` sat at p
+        main.row.position += promised  # the main thread resumes at p + N + 1
         doc.chunks.append(chunk)
 
-    def _choose(self, doc: Document, t: Thread, logits: np.ndarray) -> None:
+    def _choose(self, ops: RowOps, t: Thread, logits: np.ndarray) -> None:
         """Append `t`'s next token (chosen, or forced) unless a budget stops it first."""
+        doc = self.doc
         if doc.answer_bound(t) >= self.budgets.max_tokens:
-            self._stop(t, "max_tokens")
+            self._stop(ops, t, "max_tokens")
             return
-        if t.seq.position >= self.max_positions:
-            self._stop(t, "max_positions")
+        if t.row.position >= self.max_positions:
+            self._stop(ops, t, "max_positions")
             return
         forced = doc.forced.get(t.index) if doc.forced is not None else None
         if forced is not None:
             if len(t.tokens) >= len(forced):
-                self._stop(t, "the forced answer ended")
+                self._stop(ops, t, "the forced answer ended")
                 return
             token = forced[len(t.tokens)]
         else:
@@ -339,7 +329,8 @@ class PastaScheduler:
         t.tokens.append(token)
         if self.record_logits:
             t.logits.append(logits.copy())
-        t.seq.next_token = token
+        t.row.next_token = token
+        self.request.emit(TokenEvent(token, 0, t.row.position, t.index))
         if t.index != MAIN:
             return
         event = doc.parser.feed(token)
@@ -349,24 +340,25 @@ class PastaScheduler:
             t.state = "waiting"
             t.waits.append([self.step_count, None])
         elif event.kind is Kind.MALFORMED:
-            self._stop(t, f"malformed: {event.reason}")
+            self._stop(ops, t, f"malformed: {event.reason}")
 
     # ----- endings -----------------------------------------------------------------------------
-    def _close_chunk(self, t: Thread) -> None:
+    def _close_chunk(self, ops: RowOps, t: Thread) -> None:
         """A closed chunk's cache slots go aside until the sync; its row is freed now."""
-        t.segment = self.engine.cache.segment(t.seq.slot, t.fork_length, t.fork_length + len(t.tokens))
-        self._finish(t, "done")
+        t.segment = ops.segment(t.row, t.fork_length, t.fork_length + len(t.tokens))
+        self._finish(ops, t, "done")
 
-    def _stop(self, t: Thread, reason: str) -> None:
-        self._finish(t, "stopped", reason)
+    def _stop(self, ops: RowOps, t: Thread, reason: str) -> None:
+        self._finish(ops, t, "stopped", reason)
 
-    def _finish(self, t: Thread, state: str, reason: str = "") -> None:
+    def _finish(self, ops: RowOps, t: Thread, state: str, reason: str = "") -> None:
         t.state, t.stop_reason, t.finished_step = state, reason, self.step_count
-        if t.index != MAIN and t.seq is not None and t.seq.slot is not None:
-            self.engine.release(t.seq)  # the main row stays: pending chunks fork from it
+        if t.index != MAIN and t.row is not None:
+            ops.release(t.row)  # the main row stays: pending chunks fork from it
 
-    def _result(self, doc: Document) -> PastaResult:
+    def result(self) -> list[RowResult]:
         """The spliced answer, cut where the sequential interpreter would have stopped."""
+        doc = self.doc
         tokens, logits, stops = doc.spliced()
         cut = min([len(tokens), self.budgets.max_tokens] + [at for at, _ in stops])
         if tokens[cut - 1: cut] == [self.tags.eos]:
@@ -375,9 +367,10 @@ class PastaScheduler:
             outcome = "max_tokens"
         else:
             outcome = min(stops)[1] if stops else "ended"
-        return PastaResult(tokens[:cut], [t.timeline(self.step_s) for t in doc.threads], outcome, self.step_count,
-                           longest_path(doc, self.tags), logits[:cut] if self.record_logits else None)
-
+        reason = "stop" if outcome == "eos" else "length"
+        return [PastaResult(tokens[:cut], reason, logits[:cut] if self.record_logits else None,
+                            [t.timeline(self.step_s) for t in doc.threads], outcome, self.step_count,
+                            longest_path(doc, self.tags))]
 
 def longest_path(doc: Document, tags: PastaTags) -> int:
     """The earliest step each token could be decoded at with a thread per chunk: main tokens

@@ -1,0 +1,167 @@
+"""The registry of decodings: how an artifact's requests are made, checked and configured.
+
+One record per kind of artifact, registered where its policy lives (`register`), chosen at
+load by the manifest section it declares; the last resort is plain token decoding.
+"""
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from edgeseq.errors import GenerateError, LoadError
+
+from ..artifact import Artifact
+from ..decoding import normalize_input
+from ..pasta_lang import Budgets, PastaTags
+from ..requests import Request
+from ..sampling import SamplingOptions
+from .pasta import SCHEDULES as PASTA_SCHEDULES
+from .pasta import PastaPolicy
+from .samples import SamplesPolicy
+from .single import SinglePolicy
+
+DECODINGS: list[type["Decoding"]] = []
+
+
+def register(cls: type["Decoding"]) -> type["Decoding"]:
+    DECODINGS.insert(0, cls)  # a later, more specific record is tried first
+    return cls
+
+
+def decoding_for(artifact: Artifact) -> "Decoding":
+    """The decoding an artifact's manifest asks for."""
+    for cls in DECODINGS:
+        if cls.section is None or cls.section in artifact.manifest:
+            return cls(artifact)
+    raise LoadError("no decoding for this artifact", "upgrade edgeseq")
+
+
+class Decoding:
+    """Requests for one loaded artifact. `schedules`: what `load(schedule=)` accepts (the
+    first is the default); `options`: the extra generate/stream keyword arguments it takes."""
+
+    name = "tokens"
+    section: str | None = None
+    schedules: tuple[str, ...] = ("concurrent", "sequential", "recurrent")
+    options: tuple[str, ...] = ()
+    min_rows = 1
+    default_max_new_tokens = 32
+    vocabulary: dict[str, int] = {}  # names of token ids, where the artifact has them (shown by the CLI)
+
+    def __init__(self, artifact: Artifact):
+        self.artifact = artifact
+        self.config: dict[str, Any] = artifact.config
+        self.shape = artifact.manifest["decode"]["shape"]
+
+    def engine_schedule(self, schedule: str | None) -> str:
+        """How the stages of a step run for a load's `schedule` (validated)."""
+        schedule = schedule or self.schedules[0]
+        if schedule not in self.schedules:
+            raise LoadError(f"unknown schedule {schedule!r}", f"choose one of: {', '.join(self.schedules)}")
+        return schedule
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            takes = f"it takes: {', '.join(self.options)}" if self.options else "it takes none"
+            raise GenerateError(f"option {unknown[0]!r} is not one this artifact's decoding ({self.name}) takes",
+                                f"drop it; {takes}")
+
+    def requests(self, rows: list[list[int]], max_new_tokens: int | None, stop_tokens, sampling: SamplingOptions,
+                 n: int, return_logits: bool, timeout: float | None, streamed: bool,
+                 options: dict[str, Any]) -> list[Request]:
+        """One request per prompt (checked here, in the caller's thread), each with its policy."""
+        self.check_options(options)
+        max_new_tokens = self.default_max_new_tokens if max_new_tokens is None else max_new_tokens
+        if max_new_tokens < 1:
+            raise GenerateError(f"max_new_tokens={max_new_tokens} must be >= 1", "ask for at least one new token")
+        self.check_lengths(max(len(r) for r in rows), max_new_tokens)
+        stops = frozenset([self.config["eos_token_id"]] if stop_tokens is None else (int(t) for t in stop_tokens))
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        out = []
+        for b, row in enumerate(rows):
+            request = Request(row, max_new_tokens, stops, sampling, deadline, return_logits, streamed, b * n)
+            request.policy = SinglePolicy(request) if n == 1 else SamplesPolicy(request, n)
+            out.append(request)
+        return out
+
+    def check_lengths(self, longest: int, max_new_tokens: int) -> None:
+        limit = self.config.get("max_positions")
+        if limit is None:
+            return
+        word = "prompt" if self.shape == "decoder_only" else "source"
+        if longest > limit:
+            raise GenerateError(f"{word} of {longest} tokens is longer than max_positions={limit}",
+                                f"shorten the input to at most {limit} tokens")
+        counted = self.shape == "decoder_only" or self.config.get("consecutive_positions")
+        needed = (longest if counted else 0) + max_new_tokens
+        if needed > limit:
+            raise GenerateError(
+                f"{word} ({longest}) + max_new_tokens ({max_new_tokens}) exceeds max_positions={limit}",
+                f"lower --max-new-tokens to {max(limit - (longest if counted else 0), 0)} or shorten the input",
+            )
+
+
+register(Decoding)  # the last resort: plain token decoding
+
+
+@register
+class PastaDecoding(Decoding):
+    """A model that writes its own parallelism: one request per document, its threads the
+    request's rows. `max_new_tokens` bounds the spliced answer (default: the budgets'
+    max_tokens, 160); options: `budgets` (pasta_lang.Budgets), `schedule` ("parallel" or
+    "sequential", overriding the load's for one call) and `forced` (per prompt a spliced
+    answer fed instead of chosen: teacher forcing, for parity)."""
+
+    name = "pasta"
+    section = "pasta"
+    schedules = PASTA_SCHEDULES
+    options = ("budgets", "schedule", "forced")
+    min_rows = 2
+
+    def __init__(self, artifact: Artifact):
+        super().__init__(artifact)
+        section = artifact.manifest["pasta"]
+        self.tags = PastaTags.from_dict(section["tags"])
+        self.vocabulary: dict[str, int] = section.get("vocabulary", {})
+        self.default_schedule = "parallel"
+
+    def engine_schedule(self, schedule: str | None) -> str:
+        schedule = schedule or "parallel"
+        if schedule not in self.schedules:
+            raise LoadError(f"unknown PASTA schedule {schedule!r}", f"choose one of: {', '.join(self.schedules)}")
+        self.default_schedule = schedule
+        return "concurrent"  # the stages of every step run concurrently under both thread schedules
+
+    def requests(self, rows, max_new_tokens, stop_tokens, sampling, n, return_logits, timeout, streamed, options):
+        self.check_options(options)
+        budgets = options.get("budgets") or Budgets()
+        if max_new_tokens is not None:
+            budgets = replace(budgets, max_tokens=max_new_tokens)
+        budgets.validate()
+        if stop_tokens is not None:
+            raise GenerateError("a PASTA answer ends at eos or at its budgets; stop_tokens does not apply",
+                                "leave stop_tokens unset; bound the answer with max_new_tokens")
+        schedule = options.get("schedule") or self.default_schedule
+        if schedule not in self.schedules:
+            raise GenerateError(f"unknown PASTA schedule {schedule!r}", f"choose one of: {', '.join(self.schedules)}")
+        limit = self.config.get("max_positions")
+        for b, row in enumerate(rows):
+            if limit is not None and len(row) >= limit:
+                raise GenerateError(f"prompt {b} has {len(row)} tokens; the model's positions end at {limit}",
+                                    f"shorten it to at most {limit - 1} tokens")
+        forced = options.get("forced")
+        if forced is not None:
+            if len(forced) != len(rows):
+                raise GenerateError(f"{len(forced)} forced answers for {len(rows)} prompts", "give one forced answer per prompt")
+            forced = [normalize_input(answer, self.config["vocab_size"])[0] if len(answer) else [] for answer in forced]
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        out = []
+        for b, row in enumerate(rows):
+            for i in range(n):  # n documents of one prompt, each its own RNG streams
+                request = Request(row, budgets.max_tokens, frozenset([self.tags.eos]), sampling, deadline,
+                                  return_logits, streamed, b * n + i)
+                request.policy = PastaPolicy(request, self.tags, self.config, budgets, schedule,
+                                             forced[b] if forced is not None else None)
+                out.append(request)
+        return out
