@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgeseq.errors import BuildError, EdgeseqError
+from edgeseq.errors import EdgeseqError
 
 from .body_limit import BodySizeLimit
 from .generation import OUTCOMES, Generation
@@ -26,11 +26,6 @@ def _field(loc) -> str:
 def build_app(model, name: str, limits: ServeLimits | None = None, close_model: bool = False) -> FastAPI:
     """The server's application. `close_model`: close the model when the app shuts down
     (after uvicorn has drained the requests in flight)."""
-    if not hasattr(model, "scheduler"):  # a PASTA model decodes one call at a time, with its own scheduler
-        if close_model:
-            model.close()
-        raise BuildError(f"edgeseq serve does not serve {model.artifact.family} artifacts yet",
-                         "decode them with `edgeseq generate` or edgeseq.runtimes.load(...).generate")
     limits = limits or ServeLimits()
     metrics = ServerMetrics(model)
     generation = Generation(model, limits, metrics)

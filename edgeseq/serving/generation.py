@@ -1,15 +1,17 @@
-"""What both protocols share: checking a request, submitting its rows, collecting tokens.
+"""What both protocols share: checking a request, submitting its rows, collecting results.
 
 Submission happens on the event loop (it only validates and queues, so a full queue is a
 429 at once); waiting for tokens happens in worker threads. Every request's outcome and
-timings go to the server's metrics.
+timings go to the server's metrics. A collected request is its output rows (RowResult:
+tokens, finish reason, and what only its decoding reports, e.g. PASTA's threads), the same
+shape for every family; prompt b's n completions are rows b*n .. b*n+n-1.
 """
 
 import time
 from dataclasses import dataclass
 
 from edgeseq.errors import EdgeseqError, GenerateError
-from edgeseq.runtimes import SamplingOptions
+from edgeseq.runtimes import RowResult, SamplingOptions, TokenEvent
 from edgeseq.runtimes.text import no_tokenizer_error
 
 from .http_errors import HTTPProblem, from_edgeseq
@@ -27,6 +29,7 @@ class Request:
     stop: list[int] | None  # None: the model's eos
     sampling: SamplingOptions
     started: float  # time.perf_counter() at arrival
+    n: int = 1  # completions per prompt
 
     def stops(self, eos: int) -> set[int]:
         return {eos} if self.stop is None else set(self.stop)
@@ -54,6 +57,13 @@ class Generation:
             return [self.model.encode_text(item) for item in items]
         return [list(item) for item in items]
 
+    def check_rows(self, prompts: int, n: int) -> None:
+        if n < 1:
+            raise HTTPProblem(400, f"n={n} must be >= 1", "ask for n=1 or more completions per prompt")
+        if prompts * n > self.limits.max_rows:
+            raise HTTPProblem(400, f"{prompts} prompts x n={n} is {prompts * n} completions; this server takes at most "
+                              f"{self.limits.max_rows} per request", "ask for fewer completions, or split the request")
+
     def options(self, max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None) -> SamplingOptions:
         if max_tokens < 1:
             raise HTTPProblem(400, f"max_tokens={max_tokens} must be >= 1", "ask for at least one token")
@@ -71,12 +81,13 @@ class Generation:
 
     # ----- running ----------------------------------------------------------------------------------
     def start(self, request: Request) -> list:
-        """Submit every row (one stream each); on a failure none stays queued."""
+        """Submit every prompt (a stream per request it makes); on a failure none stays queued."""
+        self.check_rows(len(request.rows), request.n)
         streams = []
         try:
             for row in request.rows:
-                streams.append(self.model.stream(row, request.max_tokens, request.stop, request.sampling,
-                                                 timeout=self.limits.timeout_s))
+                streams += self.model.streams(row, request.max_tokens, request.stop, request.sampling, n=request.n,
+                                              timeout=self.limits.timeout_s)
         except EdgeseqError as e:
             for stream in streams:
                 stream.close()
@@ -84,8 +95,8 @@ class Generation:
         self.metrics.prompt_tokens.inc(sum(len(r) for r in request.rows))
         return streams
 
-    def collect(self, request: Request, streams: list) -> list[list[int]]:
-        """Block until every row is done (a worker thread); records token timings."""
+    def collect(self, request: Request, streams: list) -> list[RowResult]:
+        """Block until every request is done (a worker thread); records token timings."""
         try:
             for stream in streams:
                 self.consume(request, stream)
@@ -93,7 +104,7 @@ class Generation:
             for stream in streams:
                 stream.close()
             raise from_edgeseq(e) from None
-        return [stream.tokens for stream in streams]
+        return [row for stream in streams for row in stream.result.rows]
 
     def consume(self, request: Request, stream) -> None:
         """Every token of one row, timed."""
@@ -103,10 +114,10 @@ class Generation:
             if token is None:
                 return
 
-    def next_token(self, request: Request, stream, previous_at: float | None) -> tuple[int | None, float | None]:
-        """Wait for the row's next token and time it against the previous one (or, for the
-        first, against the request's arrival): (token, when), token None when the row is done."""
-        token = next(stream, None)
+    def next_token(self, request: Request, stream, previous_at: float | None) -> tuple[TokenEvent | None, float | None]:
+        """Wait for the request's next token and time it against the previous one (or, for the
+        first, against the request's arrival): (event, when), event None when it is done."""
+        token = next(stream.events(), None)
         if token is None:
             return None, previous_at
         now = time.perf_counter()

@@ -2,7 +2,8 @@
 
 Requests by outcome, prompt and generated tokens, the batch size of every decode step (an
 observer on the scheduler), the queue depth and active rows (read at scrape time), time
-to first token, time per output token and whole-request latency.
+to first token, time per output token and whole-request latency; running requests, and
+the rows forked and segments spliced since load.
 """
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -28,6 +29,14 @@ class ServerMetrics:
         queue.set_function(lambda: model.scheduler.queue_depth)
         active = Gauge("edgeseq_active_rows", "Rows in the running batch", registry=r)
         active.set_function(lambda: model.engine.cache.rows)
+        # PASTA: a live thread is a row; forks and splices are how threads start and join
+        running = Gauge("edgeseq_running_requests", "Requests with rows in the running batch", registry=r)
+        running.set_function(lambda: len(model.scheduler.running))
+        forks = Gauge("edgeseq_row_forks", "Rows forked from another row's cache since load (samples, PASTA threads)",
+                      registry=r)
+        forks.set_function(lambda: model.scheduler.forks)
+        splices = Gauge("edgeseq_row_splices", "Cache segments spliced onto a row since load (PASTA syncs)", registry=r)
+        splices.set_function(lambda: model.scheduler.splices)
         self._observer = self.batch_size.observe
         model.scheduler.step_observers.append(self._observer)
         self.model = model

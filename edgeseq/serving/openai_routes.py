@@ -4,7 +4,14 @@
 list of token ids (default: the model's eos). The generated ids are in
 `choices[i].token_ids`, the text in `choices[i].text` when the artifact has a tokenizer.
 `stream: true` sends one server-sent event per token and ends with `data: [DONE]`; a
-client that goes away mid-stream has its row dropped at the next step.
+client that goes away mid-stream has every row of its request dropped at the next step.
+`n` completions per prompt are choices b*n .. b*n+n-1 (one prefill, forked rows).
+
+PASTA: a choice is the spliced answer, and its `edgeseq` object holds the outcome, the
+steps, the longest path and each thread's timeline. Streamed, each token's event names
+its thread and position in `edgeseq` (its `token_ids`/`text` stay empty, since threads
+interleave), and the choice's last event before `[DONE]` carries the whole spliced answer
+in `token_ids` and `text`: a client that concatenates pieces gets the answer either way.
 """
 
 import json
@@ -17,6 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeseq.errors import EdgeseqError
+from edgeseq.runtimes import RowResult
 
 from .generation import OUTCOMES, Generation
 from .generation import Request as GenRequest
@@ -42,24 +50,23 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
     router = APIRouter()
     model = generation.model
 
-    def finish_reason(tokens: list[int], request: GenRequest) -> str:
-        return "stop" if tokens and tokens[-1] in request.stops(model.config["eos_token_id"]) else "length"
-
-    def choice(index: int, tokens: list[int], request: GenRequest) -> dict:
-        out = {"index": index, "token_ids": tokens, "finish_reason": finish_reason(tokens, request), "logprobs": None}
+    def choice(index: int, row: RowResult) -> dict:
+        out = {"index": index, "token_ids": row.tokens, "finish_reason": row.finish_reason, "logprobs": None}
         if model.has_tokenizer:
-            out["text"] = model.decode_text(tokens)
+            out["text"] = model.decode_text(row.tokens)
+        extras = row.extras()
+        if extras:
+            out["edgeseq"] = extras
         return out
 
     def parse(body: CompletionRequest, started: float) -> GenRequest:
         if body.model is not None and body.model != name:
             raise HTTPProblem(404, f"model {body.model!r} is not served here", f"this server serves {name!r}")
-        if body.n != 1:
-            raise HTTPProblem(400, f"n={body.n} is not supported", "send n=1 (one completion per prompt)")
         rows = generation.rows(body.prompt)
+        generation.check_rows(len(rows), body.n)
         sampling = generation.options(body.max_tokens, body.temperature, body.top_p, body.top_k, body.seed)
         stop = [body.stop] if isinstance(body.stop, int) else body.stop
-        return GenRequest(rows, body.max_tokens, stop, sampling, started)
+        return GenRequest(rows, body.max_tokens, stop, sampling, started, body.n)
 
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest):
@@ -68,16 +75,21 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
         if body.stream and len(request.rows) != 1:
             raise HTTPProblem(400, f"stream takes one prompt, not {len(request.rows)}", "send one prompt per streamed request")
         streams = generation.start(request)
+        if body.stream and len(streams) != 1:
+            for stream in streams:
+                stream.close()
+            raise HTTPProblem(400, f"this model streams n={body.n} completions as {len(streams)} requests",
+                              "stream with n=1, or send stream=false")
         ident = f"cmpl-{uuid.uuid4().hex[:24]}"
         head = {"id": ident, "object": "text_completion", "created": int(time.time()), "model": name}
         if body.stream:
             return StreamingResponse(sse(generation, request, streams[0], head, choice),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        tokens = await to_thread.run_sync(generation.collect, request, streams)  # errors: the app's handler counts them
+        rows = await to_thread.run_sync(generation.collect, request, streams)  # errors: the app's handler counts them
         generation.record(started, "ok")
-        completion = sum(len(t) for t in tokens)
+        completion = sum(len(r.tokens) for r in rows)
         prompt = sum(len(r) for r in request.rows)
-        return JSONResponse({**head, "choices": [choice(i, t, request) for i, t in enumerate(tokens)],
+        return JSONResponse({**head, "choices": [choice(i, r) for i, r in enumerate(rows)],
                              "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                                        "total_tokens": prompt + completion}})
 
@@ -85,28 +97,40 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
 
 
 async def sse(generation: Generation, request: GenRequest, stream, head: dict, choice):
-    """One event per token (the new text piece beside its id), a last event with the finish
-    reason, then [DONE]. An error after the first byte is sent as an event of its own."""
+    """One event per token (the new text piece beside its id; a thread's token names its
+    thread and position instead), a last event per choice with its finish reason (and a
+    threaded answer whole), then [DONE]. An error after the first byte is sent as an event
+    of its own."""
     model = generation.model
-    sent: list[int] = []  # what this stream has yielded (the row may already hold more)
-    text_so_far = ""
+    sent: dict[int, list[int]] = {}  # per choice, what this stream has yielded
+    text_so_far: dict[int, str] = {}
     at = None
     outcome = "cancelled"  # unless the loop below ends normally or with an error
     try:
         while True:
-            token, at = await to_thread.run_sync(generation.next_token, request, stream, at)
-            if token is None:
+            event, at = await to_thread.run_sync(generation.next_token, request, stream, at)
+            if event is None:
                 break
-            sent.append(token)
-            piece = {"index": 0, "token_ids": [token], "finish_reason": None}
-            if model.has_tokenizer:
-                text = model.decode_text(sent)
-                piece["text"], text_so_far = text[len(text_so_far):], text
+            if event.thread is not None:  # threads interleave: the answer comes whole at the end
+                piece = {"index": event.row, "token_ids": [], "finish_reason": None,
+                         "edgeseq": {"token_id": event.token, "thread": event.thread, "position": event.position}}
+                if model.has_tokenizer:
+                    piece["text"] = ""
+            else:
+                tokens = sent.setdefault(event.row, [])
+                tokens.append(event.token)
+                piece = {"index": event.row, "token_ids": [event.token], "finish_reason": None}
+                if model.has_tokenizer:
+                    text = model.decode_text(tokens)
+                    piece["text"], text_so_far[event.row] = text[len(text_so_far.get(event.row, "")):], text
             yield f"data: {json.dumps({**head, 'choices': [piece]})}\n\n"
-        last = {**choice(0, stream.tokens, request), "token_ids": []}
-        if "text" in last:
-            last["text"] = ""
-        yield f"data: {json.dumps({**head, 'choices': [last]})}\n\n"
+        for i, row in enumerate(stream.result.rows):
+            last = choice(i, row)
+            if not row.extras():  # the tokens went out one by one
+                last["token_ids"] = []
+                if "text" in last:
+                    last["text"] = ""
+            yield f"data: {json.dumps({**head, 'choices': [last]})}\n\n"
         yield "data: [DONE]\n\n"
         outcome = "ok"
     except EdgeseqError as e:
@@ -115,5 +139,5 @@ async def sse(generation: Generation, request: GenRequest, stream, head: dict, c
         yield f"data: {json.dumps(error_body(problem))}\n\n"
         yield "data: [DONE]\n\n"
     finally:
-        stream.close()  # a disconnected client: the row is dropped at the next step
+        stream.close()  # a disconnected client: every row of the request is dropped at the next step
         generation.record(request.started, outcome)

@@ -143,8 +143,9 @@ def v2_router(generation: Generation, name: str) -> APIRouter:
         head, tensors = parse_inputs(await http.body(), int(header) if header and header.isdigit() else None)
         request = to_request(head, tensors, started)
         streams = generation.start(request)
-        tokens = await to_thread.run_sync(generation.collect, request, streams)
+        rows = await to_thread.run_sync(generation.collect, request, streams)
         generation.record(started, "ok")
+        tokens = [r.tokens for r in rows]
         longest = max(len(t) for t in tokens)
         ids = np.full((len(tokens), longest), -1, dtype=np.int64)
         for b, row in enumerate(tokens):
