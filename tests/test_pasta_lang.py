@@ -66,7 +66,7 @@ def test_the_chunk_budget_closes_a_chunk():
 
 def run(runtime, answer: list[int], budgets: Budgets | None = None, schedule: str = "parallel"):
     prompt = [V, V + 1, T.BOS]
-    return runtime.generate([prompt], budgets=budgets or Budgets(4, 64, 200), forced=[answer], schedule=schedule)[0]
+    return runtime.generate([prompt], budgets=budgets or Budgets(4, 64, 200), forced=[answer], schedule=schedule).rows[0]
 
 
 def test_eos_with_a_chunk_open_waits_for_it(pasta_compiled):
