@@ -36,6 +36,11 @@ def test_init_compile_generate_parity_inspect_bench(tmp_path):
     assert r.exit_code == 0, r.output
     tokens = json.loads(r.output)["tokens"]
     assert len(tokens) == 2 and all(len(t) == 4 for t in tokens)
+    r = run("generate", art, "--input-ids", "5 17 3", "--num-samples", "3", "--do-sample", "--seed", "2",
+            "--max-new-tokens", "4", "--stop-token", "999", "--json")
+    assert r.exit_code == 0, r.output
+    samples = json.loads(r.output)
+    assert len(samples["tokens"]) == 3 and [x["finish_reason"] for x in samples["results"]] == ["length"] * 3
     r = run("generate", art, "--input-ids", "5 17 3", "--do-sample", "--seed", "4", "--top-p", "0.9", "--temperature", "0.7")
     assert r.exit_code == 0, r.output
     r = run("parity", art, "--reference", ckpt, "--steps", "16", "--json")

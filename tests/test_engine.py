@@ -228,3 +228,17 @@ def test_close_stops_every_thread_and_refuses_new_work(artifacts):
     assert not [t for t in ours if t.is_alive()]
     with pytest.raises(GenerateError, match="closed"):
         model.generate([[5, 6]], 4)
+
+
+@pytest.mark.parametrize("case", ["red", "nash-t5"])
+def test_n_samples_equal_repeated_prompts_with_one_prefill(artifacts, case):
+    _, art = artifacts.get(**CASES[case])
+    sampling = SamplingOptions(do_sample=True, temperature=1.2, top_k=8, seed=5)
+    with load(art) as model:
+        before = model.engine.prefilled_rows
+        n4 = model.generate([[5, 6, 7]], 10, stop_tokens=[], sampling=sampling, n=4)
+        assert model.engine.prefilled_rows - before == 1  # one prefill (or encoder run), three forks
+        assert n4.tokens == model.generate([[5, 6, 7]] * 4, 10, stop_tokens=[], sampling=sampling).tokens
+        assert len({tuple(t) for t in n4.tokens}) > 1
+        with pytest.raises(GenerateError, match="option 'budgets' is not one"):
+            model.generate([[5, 6, 7]], 4, budgets=None)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from edgeseq.runtimes import load
+from edgeseq.runtimes import SamplingOptions, load
 
 from edgeseq.serving.process import serve_process
 
@@ -107,6 +107,17 @@ def test_bad_requests_get_json_errors_that_name_the_fix(url, body, status, messa
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert message in error["message"] and error["fix"] and error["code"] == status
+
+
+def test_n_returns_n_choices_equal_generate(url, reference):
+    sampling = SamplingOptions(True, 0.8, 20, 1.0, 3)
+    expected = reference.generate([[5, 6, 7]], 6, [], sampling, n=3).tokens
+    r = complete(url, prompt=[5, 6, 7], max_tokens=6, stop=[], temperature=0.8, top_k=20, seed=3, n=3)
+    assert r.status_code == 200, r.text
+    assert [c["token_ids"] for c in r.json()["choices"]] == expected
+    assert [c["index"] for c in r.json()["choices"]] == [0, 1, 2]
+    r = complete(url, prompt=[[5], [6]], max_tokens=2, n=3)
+    assert r.status_code == 400 and "6 completions" in r.json()["error"]["message"]
 
 
 def test_body_over_the_limit_is_413_and_the_server_keeps_serving(url, reference):
@@ -267,7 +278,7 @@ def test_sigterm_drains_the_requests_in_flight_then_exits():
 
 
 @contextmanager
-def in_process_server(model):
+def in_process_server(model, limits=None):
     """The app on uvicorn in a thread of this process (so a test can reach into the model)."""
     import uvicorn
 
@@ -275,7 +286,7 @@ def in_process_server(model):
     from edgeseq.serving.process import free_port, is_ready
 
     port = free_port()
-    app = build_app(model, NAME)
+    app = build_app(model, NAME, limits)
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()

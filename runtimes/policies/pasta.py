@@ -408,3 +408,19 @@ def split_threads(answer: list[int], tags: PastaTags) -> dict[int, list[int]]:
         threads[MAIN].append(token)
         expect_chunk = parser.feed(token).kind is Kind.FORK
     return threads
+
+
+def splice_events(events: list, tags: PastaTags) -> list[int]:
+    """A streamed PASTA answer put back in the spliced order from its token events (each with
+    its thread): every chunk right after the main-thread token that closed its promise. It
+    is the answer up to where the answer was cut (a thread may have run past the cut)."""
+    threads: dict[int, list[int]] = {}
+    for event in events:
+        threads.setdefault(event.thread, []).append(event.token)
+    parser, out, chunk = MainParser(tags), [], 0
+    for token in threads.get(MAIN, []):
+        out.append(token)
+        if parser.feed(token).kind is Kind.FORK:
+            out += threads.get(chunk, [])
+            chunk += 1
+    return out
