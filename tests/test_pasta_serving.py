@@ -145,3 +145,23 @@ def test_no_generated_request_gets_a_server_error(pasta_lm):
                 f"{case.method} {case.formatted_path} {case.body!r} -> {response.status_code} {response.text[:300]}")
 
         no_server_error()
+
+
+def test_cli_timeline_draws_the_threads_and_names_the_extra_it_needs(pasta_lm, prompts, tmp_path, monkeypatch):
+    import sys
+
+    from click.testing import CliRunner
+
+    from edgeseq.cli import cli
+
+    artifact, prompt = str(pasta_lm.artifact.path), " ".join(map(str, prompts[15]))  # k = 4
+    out = tmp_path / "threads.svg"
+    r = CliRunner().invoke(cli, ["generate", artifact, "--input-ids", prompt, "--timeline", str(out)])
+    assert r.exit_code == 0, r.output
+    svg = out.read_text()
+    assert svg.startswith("<?xml") and "chunk 3" in svg and "main" in svg
+    r = CliRunner().invoke(cli, ["generate", artifact, "--input-ids", prompt, "--timeline", str(tmp_path / "t.pdf")])
+    assert r.exit_code != 0 and "must end in .svg or .png" in r.output
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on an install without the plot extra
+    r = CliRunner().invoke(cli, ["generate", artifact, "--input-ids", prompt, "--timeline", str(out)])
+    assert r.exit_code != 0 and 'pip install "edgeseq[plot]"' in r.output
