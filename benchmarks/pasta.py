@@ -24,11 +24,13 @@ from edgeseq.models.pasta import generate_sequential, outputs_report
 from edgeseq.models.pasta_task import pasta_examples_per_k
 from edgeseq.runtimes import load
 
+from edgeseq.bench_engine import together_vs_alone
 from edgeseq.pasta_bench import pasta_bench
 from edgeseq.pipeline import compile_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "pasta.json"
+CONCURRENCY = Path(__file__).parent / "results" / "pasta-concurrency.json"
 CHECKPOINTS = {"pasta-lm": ROOT / "checkpoints" / "pasta-lm", "pasta-stag2": ROOT / "checkpoints" / "pasta-stag2"}
 HELD_OUT_SEED = 123_456  # scripts/train_pasta.py's held-out seed; training never samples it
 
@@ -54,12 +56,24 @@ def agreement_report(artifact: Path, checkpoint: Path, examples: list, threads: 
     }
 
 
+def concurrency(artifact: Path, examples: list, threads: int, rounds: int, callers: int = 8) -> dict:
+    """`callers` threads at once, each decoding its own held-out prompts one after another,
+    against the same calls one at a time: aggregate spliced tokens/s (edgeseq/bench_engine.py)."""
+    with load(artifact, threads=threads) as runtime:
+        mine = [[e.prompt for e in examples[i::callers]] for i in range(callers)]
+        tokens = sum(len(t) for prompts in mine for t in runtime.generate(prompts).tokens)
+        calls = [lambda prompts=prompts: [runtime.generate([p]) for p in prompts] for prompts in mine]
+        return {"callers": callers, "prompts": sum(map(len, mine)), **together_vs_alone(runtime, calls, tokens, rounds)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, default=Path(".cache/bench"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--per-k", type=int, default=50, help="held-out prompts per k")
+    parser.add_argument("--only", choices=["concurrency"], default=None,
+                        help="only the 8-caller measurement (its JSON: results/pasta-concurrency.json)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     examples = held_out(args.per_k)
@@ -68,17 +82,24 @@ def main() -> None:
         artifact = args.workdir / f"{name}.artifact"
         print(f"{name}: compiling", flush=True)
         manifest = compile_checkpoint(checkpoint, artifact, force=True)
+        print(f"{name}: 8 callers at once vs one at a time", flush=True)
+        together = concurrency(artifact, held_out(8), args.threads, args.rounds)
+        print(json.dumps({k: v for k, v in together.items() if k != "samples"}, indent=2), flush=True)
+        if args.only == "concurrency":
+            report["models"][name] = {"concurrency": together}
+            continue
         print(f"{name}: {len(examples)} held-out prompts through the interpreter and both schedules", flush=True)
         quality = agreement_report(artifact, checkpoint, examples, args.threads)
         print(f"{name}: timing parallel vs sequential", flush=True)
         speed = pasta_bench(artifact, args.rounds, args.threads, on_progress=lambda m: print(f"  {m}", flush=True))
         report["models"][name] = {"n_stacks": manifest["model_config"]["n_stacks"],
                                   "parity": {k: manifest["parity"][k] for k in ("max_abs_logit_diff", "greedy_token_agreement")},
-                                  **quality, "pasta": speed["pasta"]}
+                                  **quality, "pasta": speed["pasta"], "concurrency": together}
         print(json.dumps(report["models"][name], indent=2, default=float), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2, default=float) + "\n")
-    print(f"wrote {RESULTS}")
+    out = CONCURRENCY if args.only == "concurrency" else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ capacity the step attends over) and the bandwidth roofline for those bytes.
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeseq.runtimes import load, read_artifact
+from edgeseq.runtimes import SamplingOptions, load, read_artifact
 from edgeseq.runtimes.backend import make_backend
 from edgeseq.runtimes.engine import Engine
 from edgeseq.runtimes.requests import Row
@@ -39,59 +40,85 @@ def client_requests(config: dict[str, Any], clients: int, seed: int = 0) -> list
     return out
 
 
-def concurrency_report(path: str | Path, clients: int = 16, threads: int | None = None, rounds: int = 3,
-                       on_progress=None) -> dict[str, Any]:
+def together_vs_alone(model, calls: list[Callable[[], Any]], tokens: int, rounds: int, on_progress=None) -> dict[str, Any]:
+    """Every call from its own thread at once against the same calls one after another, on the
+    same loaded model (order alternating round by round, median over rounds): tokens/s of
+    each, their ratio, and the mean rows per step of the concurrent runs."""
     say = on_progress or (lambda _: None)
-    with load(path, threads=threads, max_batch=clients) as model:
-        reqs = client_requests(model.config, clients)
-        tokens = sum(n for _, n in reqs)
-        call = lambda r: model.generate([r[0]], r[1], stop_tokens=[])  # noqa: E731
 
-        def one_at_a_time() -> float:
+    def one_at_a_time() -> float:
+        start = time.perf_counter()
+        for call in calls:
+            call()
+        return time.perf_counter() - start
+
+    def together() -> float:
+        barrier = threading.Barrier(len(calls) + 1)
+
+        def client(call):
+            barrier.wait()
+            call()
+
+        with ThreadPoolExecutor(len(calls)) as pool:
+            futures = [pool.submit(client, call) for call in calls]
+            barrier.wait()
             start = time.perf_counter()
-            for r in reqs:
-                call(r)
+            for f in futures:
+                f.result()
             return time.perf_counter() - start
 
-        def together() -> float:
-            barrier = threading.Barrier(clients + 1)
-
-            def client(r):
-                barrier.wait()
-                call(r)
-
-            with ThreadPoolExecutor(clients) as pool:
-                futures = [pool.submit(client, r) for r in reqs]
-                barrier.wait()
-                start = time.perf_counter()
-                for f in futures:
-                    f.result()
-                return time.perf_counter() - start
-
-        together()  # warm-up: the cache grows to the batch once
-        samples: dict[str, list[float]] = {"together": [], "alone": []}
-        steps = rows = 0  # batched steps of the concurrent runs, and the rows they carried
-        for r in range(rounds):
-            say(f"concurrency round {r + 1}/{rounds}")
-            order = (("together", together), ("alone", one_at_a_time))
-            for name, fn in order if r % 2 == 0 else order[::-1]:
-                steps0, rows0 = model.scheduler.steps, model.scheduler.rows_stepped
-                samples[name].append(tokens / fn())
-                if name == "together":
-                    steps += model.scheduler.steps - steps0
-                    rows += model.scheduler.rows_stepped - rows0
+    together()  # warm-up: the cache grows to the batch once
+    samples: dict[str, list[float]] = {"together": [], "alone": []}
+    steps = rows = 0  # batched steps of the concurrent runs, and the rows they carried
+    for r in range(rounds):
+        say(f"concurrency round {r + 1}/{rounds}")
+        order = (("together", together), ("alone", one_at_a_time))
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            steps0, rows0 = model.scheduler.steps, model.scheduler.rows_stepped
+            samples[name].append(tokens / fn())
+            if name == "together":
+                steps += model.scheduler.steps - steps0
+                rows += model.scheduler.rows_stepped - rows0
     tok_s, alone = statistics.median(samples["together"]), statistics.median(samples["alone"])
-    return {
-        "clients": clients,
-        "requests": [{"prompt_tokens": len(p), "max_new_tokens": n} for p, n in reqs],
-        "tokens": tokens,
-        "rounds": rounds,
-        "tokens_per_s": tok_s,
-        "one_at_a_time_tokens_per_s": alone,
-        "speedup": tok_s / alone,
-        "mean_batch_size": rows / max(steps, 1),
-        "samples": samples,
-    }
+    return {"tokens": tokens, "rounds": rounds, "tokens_per_s": tok_s, "one_at_a_time_tokens_per_s": alone,
+            "speedup": tok_s / alone, "mean_batch_size": rows / max(steps, 1), "samples": samples}
+
+
+def concurrency_report(path: str | Path, clients: int = 16, threads: int | None = None, rounds: int = 3,
+                       on_progress=None) -> dict[str, Any]:
+    with load(path, threads=threads, max_batch=clients) as model:
+        reqs = client_requests(model.config, clients)
+        calls = [lambda r=r: model.generate([r[0]], r[1], stop_tokens=[]) for r in reqs]
+        report = together_vs_alone(model, calls, sum(n for _, n in reqs), rounds, on_progress)
+    return {"clients": clients, "requests": [{"prompt_tokens": len(p), "max_new_tokens": n} for p, n in reqs], **report}
+
+
+def samples_first_token_report(path: str | Path, n: int = 4, threads: int | None = None, rounds: int = 5,
+                               repetitions: int = 5, prompt_length: int = 32) -> dict[str, Any]:
+    """Time to the first token of an n-sample request against an n = 1 request (streamed, seeded
+    sampling), alternating which goes first: best of `repetitions` within a round, median over
+    rounds. n samples share one prefill; the forks copy its cache rows."""
+    with load(path, threads=threads) as model:
+        prompt = np.random.default_rng(0).integers(3, model.config["vocab_size"], size=prompt_length).tolist()
+        sampling = SamplingOptions(do_sample=True, temperature=1.0, seed=0)
+
+        def first_token_s(count: int) -> float:
+            start = time.perf_counter()
+            stream = model.stream(prompt, 8, stop_tokens=[], sampling=sampling, n=count)
+            stream.next_event()
+            elapsed = time.perf_counter() - start
+            stream.close()
+            return elapsed
+
+        for count in (1, n):
+            first_token_s(count)  # warm-up
+        samples: dict[int, list[float]] = {1: [], n: []}
+        for r in range(rounds):
+            for count in (1, n) if r % 2 == 0 else (n, 1):
+                samples[count].append(min(first_token_s(count) for _ in range(repetitions)))
+    one, many = statistics.median(samples[1]), statistics.median(samples[n])
+    return {"n": n, "prompt_tokens": prompt_length, "rounds": rounds, "first_token_ms_n1": 1e3 * one,
+            f"first_token_ms_n{n}": 1e3 * many, "ratio": many / one}
 
 
 def cache_bytes_per_step(engine: Engine) -> int:

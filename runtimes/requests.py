@@ -87,6 +87,7 @@ class Request:
     id: int = field(default_factory=lambda: next(_ids))
     policy: Any = None  # set by the decoding that made the request (runtimes/policies/)
     rows: list[Row] = field(default_factory=list)
+    held: int = 0  # cache rows it holds now (kept by the scheduler: it runs hot, once per fork check)
     result: list[RowResult] | None = None
     error: BaseException | None = None
     done: bool = False
@@ -98,10 +99,6 @@ class Request:
         self.rows.append(row)
         return row
 
-    @property
-    def held(self) -> int:
-        """Cache rows this request holds now."""
-        return sum(r.slot is not None for r in self.rows)
 
     def emit(self, event: TokenEvent) -> None:
         if self.streamed:

@@ -103,11 +103,14 @@ class Scheduler:
         if not self.can_fork(child.request):
             return False
         self.engine.fork(parent, child, length, state)
+        child.request.held += 1
         self.forks += 1
         return True
 
     def release(self, row: Row) -> None:
-        self.engine.release(row)
+        if row.slot is not None:
+            row.request.held -= 1
+            self.engine.release(row)
 
     def snapshot(self, row: Row) -> tuple[int, dict]:
         return int(self.engine.cache.lengths[row.slot]), self.engine.cache.row_state(row.slot)
@@ -184,6 +187,8 @@ class Scheduler:
                 self._finish(request, _as_generate_error(e))
             return
         self.running.extend(admit)
+        for row in rows:
+            row.request.held += 1
         for row, logits in zip(rows, first):
             row.request.policy.admitted(self, row, logits)
         for request in admit:
@@ -233,7 +238,7 @@ class Scheduler:
     def _finish(self, request: Request, error: BaseException | None = None) -> None:
         """Free every row of the request, record its result (on success) and wake its caller."""
         for row in request.rows:
-            self.engine.release(row)
+            self.release(row)
         if request in self.running:
             self.running.remove(request)
         if error is None and not request.done:
