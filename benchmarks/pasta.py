@@ -83,7 +83,7 @@ def main() -> None:
         print(f"{name}: compiling", flush=True)
         manifest = compile_checkpoint(checkpoint, artifact, force=True)
         print(f"{name}: 8 callers at once vs one at a time", flush=True)
-        together = concurrency(artifact, held_out(8), args.threads, args.rounds)
+        together = concurrency(artifact, held_out(16), args.threads, args.rounds)
         print(json.dumps({k: v for k, v in together.items() if k != "samples"}, indent=2), flush=True)
         if args.only == "concurrency":
             report["models"][name] = {"concurrency": together}

@@ -322,6 +322,8 @@ class PastaPolicy(Policy):
                 self._stop(ops, t, "the forced answer ended")
                 return
             token = forced[len(t.tokens)]
+        elif not self.sampling.do_sample:
+            token = int(logits.argmax())
         else:
             token = int(choose_next(logits[None], self.sampling, t.rng)[0])
         if t.index != MAIN:
@@ -330,7 +332,8 @@ class PastaPolicy(Policy):
         if self.record_logits:
             t.logits.append(logits.copy())
         t.row.next_token = token
-        self.request.emit(TokenEvent(token, 0, t.row.position, t.index))
+        if self.request.streamed:
+            self.request.emit(TokenEvent(token, 0, t.row.position, t.index))
         if t.index != MAIN:
             return
         event = doc.parser.feed(token)

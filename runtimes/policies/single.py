@@ -36,7 +36,8 @@ class SinglePolicy(Policy):
         row.tokens.append(token)
         if request.return_logits:
             row.logits.append(logits.copy())
-        request.emit(TokenEvent(token, row.index, row.position))
+        if request.streamed:  # a TokenEvent per token only for a reader
+            request.emit(TokenEvent(token, row.index, row.position))
         row.next_token = token
         if token in request.stops or len(row.tokens) >= request.max_new_tokens:
             row.done = True
