@@ -60,9 +60,11 @@ def nash_dims(config) -> NashDims:
     if config.model_type == "t5":
         return NashDims(config.num_layers, config.num_decoder_layers, config.num_heads, config.num_heads,
                         config.d_ff, config.d_ff, config.d_model, config.d_kv)
+    # head_dim is the decoder's: what its self and cross caches hold (BART's encoder and
+    # decoder may split d_model into different head counts)
     return NashDims(config.encoder_layers, config.decoder_layers, config.encoder_attention_heads,
                     config.decoder_attention_heads, config.encoder_ffn_dim, config.decoder_ffn_dim,
-                    config.d_model, config.d_model // config.encoder_attention_heads)
+                    config.d_model, config.d_model // config.decoder_attention_heads)
 
 
 # ----- where each prunable unit lives in a transformers model ------------------------------

@@ -219,15 +219,18 @@ class NashGraphs(nn.Module):
         c = hf.config
         m = hf.model
         act = m.encoder.layers[0].activation_fn
-        scale = layout.encoder_attention[0].head_dim ** -0.5
+
+        def scale(unit):  # each attention by its own head size: encoder and decoder may differ
+            return unit.head_dim ** -0.5
+
         self.encoder_layers = nn.ModuleList(
-            nn.ModuleList([Sublayer(Attention(a, scale, False), layer.self_attn_layer_norm, False),
+            nn.ModuleList([Sublayer(Attention(a, scale(a), False), layer.self_attn_layer_norm, False),
                            Sublayer(FeedForward(f, act), layer.final_layer_norm, False)])
             for a, f, layer in zip(layout.encoder_attention, layout.encoder_ffn, m.encoder.layers)
         )
         self.decoder_layers = nn.ModuleList(
-            nn.ModuleList([Sublayer(Attention(s, scale, False), layer.self_attn_layer_norm, False),
-                           Sublayer(Attention(x, scale, False), layer.encoder_attn_layer_norm, False),
+            nn.ModuleList([Sublayer(Attention(s, scale(s), False), layer.self_attn_layer_norm, False),
+                           Sublayer(Attention(x, scale(x), False), layer.encoder_attn_layer_norm, False),
                            Sublayer(FeedForward(f, act), layer.final_layer_norm, False)])
             for s, x, f, layer in zip(layout.decoder_self, layout.decoder_cross, layout.decoder_ffn, m.decoder.layers)
         )

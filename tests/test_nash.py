@@ -278,6 +278,22 @@ def test_equal_weights_compile_with_parity(tmp_path, variant):
     assert all(c["greedy_token_agreement"] == 1.0 for c in report["cases"]), report["cases"]
 
 
+def test_bart_with_different_encoder_and_decoder_head_counts_compiles_with_parity(tmp_path):
+    """d_model 64 split into 4 encoder heads (16 wide) and 2 decoder heads (32 wide): the cross
+    caches hold the decoder's heads ("tracing graph 'decoder_step' failed" before)."""
+    from transformers import AutoModelForSeq2SeqLM, BartConfig
+
+    torch.manual_seed(3)
+    config = BartConfig(vocab_size=96, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                        decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=96, max_position_embeddings=128,
+                        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=1, bos_token_id=0,
+                        eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=None, forced_eos_token_id=None)
+    model = AutoModelForSeq2SeqLM.from_config(config).eval()
+    ckpt = save_hf_checkpoint(model, tmp_path / "ckpt", random_masks(nash_dims(model.config), 0.3, seed=7))
+    manifest = compile_checkpoint(ckpt, tmp_path / "art")
+    assert manifest["parity"]["passed"] and manifest["parity"]["greedy_token_agreement"] == 1.0, manifest["parity"]
+
+
 # ----- bad input ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def t5_folder(tmp_path_factory):
