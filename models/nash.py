@@ -266,12 +266,22 @@ def t5_variant(config) -> str:
     return "t5-v1.1" if getattr(config, "is_gated_act", False) else "t5-v1"
 
 
+def quiet_transformers() -> None:
+    """No progress bars or info lines from transformers (5.x draws a bar per load and save on
+    stderr): edgeseq reports its own progress, and `--json` output must stay JSON."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def load_nash(folder: str | Path) -> NashCheckpoint:
     """Load a Hugging Face T5/BART folder (local files only) and its zs.pt, masks folded in."""
     folder = Path(folder)
     raw = read_hf_config(folder)
     from transformers import AutoModelForSeq2SeqLM
 
+    quiet_transformers()
     weights = [p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
     if not weights:
         raise CheckpointError(f"{folder} has config.json but no weights (model.safetensors)",

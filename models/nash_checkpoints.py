@@ -12,7 +12,7 @@ import torch
 from edgeseq.atomic import atomic_folder
 from edgeseq.errors import CheckpointError
 
-from .nash import keep_decoder_layers, nash_dims, select_layers
+from .nash import keep_decoder_layers, nash_dims, quiet_transformers, select_layers
 from .nash_masks import MASK_FILE, NashDims
 
 VARIANTS = ("t5-v1", "t5-v1.1", "bart")
@@ -106,6 +106,7 @@ def save_hf_checkpoint(model, out: str | Path, masks: dict[str, torch.Tensor] | 
     out = Path(out)
     if out.exists() and not force:
         raise CheckpointError(f"{out} already exists", "choose another -o folder or pass --force")
+    quiet_transformers()
     with atomic_folder(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if masks:

@@ -28,6 +28,18 @@ from .layers import attend_cached
 NEG_INF = torch.finfo(torch.float32).min
 
 
+
+def t5_scales_decoder_outputs(config) -> bool:
+    """Whether the installed transformers' T5 multiplies the decoder output by d_model ** -0.5
+    before the LM head. transformers 5 reads `scale_decoder_outputs` (and may save a v1.1
+    checkpoint with `tie_word_embeddings: true`, its head still untied and unscaled); 4.x
+    scales exactly when the embeddings are tied. Mirror the library that runs the reference."""
+    from transformers import T5Config
+
+    if hasattr(T5Config(), "scale_decoder_outputs"):  # a default config has it only in 5.x
+        return bool(config.scale_decoder_outputs)
+    return bool(config.tie_word_embeddings)
+
 class Proj(nn.Module):
     """y = x @ weight (+ bias), weight [in, out], copied from an nn.Linear."""
 
@@ -213,7 +225,7 @@ class NashGraphs(nn.Module):
         decoder_bias = hf.decoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.detach()
         self.decoder_bias_by_distance = nn.Parameter(_causal_bias_by_distance(decoder_bias, c))
         self.embed_scale = 1.0
-        self.output_scale = c.d_model**-0.5 if c.tie_word_embeddings else 1.0
+        self.output_scale = c.d_model**-0.5 if t5_scales_decoder_outputs(c) else 1.0
 
     def _init_bart(self, hf, layout):
         c = hf.config
