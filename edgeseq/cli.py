@@ -130,9 +130,18 @@ def compile_cmd(checkpoint, out, target, precision, verify, split, force, as_jso
         err_console.print(f"[yellow]note[/] {escape(hint)}", highlight=False, soft_wrap=True)
     if parity:
         out_console.print(
-            f"parity vs PyTorch: max |logit diff| {parity['max_abs_logit_diff']:.2e} (atol {parity['atol']:.0e}), "
+            f"parity vs PyTorch: max |logit diff| {parity['max_abs_logit_diff']:.2e} ({bound_text(parity)}), "
             f"greedy agreement {parity['greedy_token_agreement']:.3f} over {parity['steps']} steps"
         )
+
+
+def bound_text(report: dict) -> str:
+    """The bound a parity report used, and where it came from."""
+    text = f"bound {report['atol']:.1e}"
+    if report.get("reference_fp64_vs_fp32") is not None:
+        text += (f"; PyTorch's own fp32 error {report['reference_fp64_vs_fp32']:.1e}, bound = max(declared "
+                 f"{report['declared_atol']:.0e}, {report['calibration_multiple']:g}x that)")
+    return text
 
 
 def parse_ids(text: str) -> list[int]:
@@ -215,7 +224,8 @@ def parity(artifact, reference, steps, as_json):
                 table.add_row(str(case["source_lengths"]), f"{case['max_abs_logit_diff']:.2e}", f"{case['greedy_token_agreement']:.3f}")
             out_console.print(table)
         verdict = "[green]PASS[/]" if report["passed"] else "[red]FAIL[/]"
-        out_console.print(f"{verdict} max |logit diff| {report['max_abs_logit_diff']:.2e} (atol {report['atol']:.0e}), {report['steps']} steps")
+        out_console.print(f"{verdict} max |logit diff| {report['max_abs_logit_diff']:.2e} ({bound_text(report)}), "
+                          f"{report['steps']} steps")
     if not report["passed"]:
         sys.exit(1)
 

@@ -7,6 +7,7 @@ fp32 a greedy disagreement is excused only when PyTorch itself was at a near-tie
 margin within 2*atol) at the first differing step; int8 declares error bounds instead.
 """
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,17 @@ import numpy as np
 import torch
 
 from edgeseq.errors import CheckpointError
-from edgeseq.quality import QualityBounds, as_bounds, judged
+from edgeseq.quality import QualityBounds, as_bounds, calibrated, judged
+
+
+def float64_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The same model in float64: the truth its float32 rounding is measured against."""
+    return copy.deepcopy(model).double().eval()
+
+
+def reference_error(logits32: np.ndarray, logits64: np.ndarray) -> float:
+    """The reference's own fp32 rounding error on these logits (max abs, against fp64)."""
+    return float(np.abs(logits64 - logits32.astype(np.float64)).max())
 
 
 def _padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +57,10 @@ def logit_errors(reference: np.ndarray, ours: np.ndarray) -> dict[str, float]:
 
 
 def summarize(reports: list[dict[str, Any]], bounds: QualityBounds | float, steps: int) -> dict[str, Any]:
-    """One report from the per-case ones, judged by the precision's bounds."""
+    """One report from the per-case ones, judged by the precision's bounds calibrated by the
+    reference's own rounding error (the largest over the cases)."""
     bounds = as_bounds(bounds)
+    errors = [r["reference_fp64_vs_fp32"] for r in reports if r.get("reference_fp64_vs_fp32") is not None]
     report = judged(
         bounds,
         max(r["max_abs_logit_diff"] for r in reports),
@@ -55,6 +68,7 @@ def summarize(reports: list[dict[str, Any]], bounds: QualityBounds | float, step
         float(np.mean([r["top1_agreement"] for r in reports])),  # pooled: one short case is noisy
         min(r["greedy_token_agreement"] for r in reports),
         all(r["disagreement_is_near_tie"] in (None, True) for r in reports),
+        max(errors) if errors else None,
     )
     return {**report, "steps": steps, "cases": reports}
 
@@ -82,9 +96,9 @@ def teacher_forced_parity(
     runtime, reference, bounds: QualityBounds | float, steps: int, seed: int, cases: list[list[int]] | None,
 ) -> dict[str, Any]:
     """Encoder-decoder parity: `reference(source, mask, decoder_in, steps)` returns the
-    teacher-forced logits [B, N, V] for the runtime's own tokens and its own greedy tokens."""
+    teacher-forced logits [B, N, V] for the runtime's own tokens, its own greedy tokens, and
+    the same logits from the model in float64."""
     c = runtime.config
-    atol = as_bounds(bounds).atol
     default, steps = default_cases(c, steps)
     reports = []
     for lengths, rows, result in runtime_runs(runtime, steps, seed, cases or default):
@@ -95,11 +109,14 @@ def teacher_forced_parity(
             [torch.full((len(rows), 1), c["bos_token_id"]), torch.from_numpy(ort_tokens[:, :-1])], dim=1
         )
         with torch.inference_mode():
-            ref_logits, ref_tokens = reference(source, mask, decoder_in, steps)
+            ref_logits, ref_tokens, ref64 = reference(source, mask, decoder_in, steps)
         agree = ref_tokens == ort_tokens
+        error = reference_error(ref_logits, ref64)
+        atol = calibrated(as_bounds(bounds), error).atol
         reports.append({
             "source_lengths": lengths,
             **logit_errors(ref_logits, ort_logits),
+            "reference_fp64_vs_fp32": error,
             "greedy_token_agreement": float(agree.mean()),
             "disagreement_is_near_tie": near_tie_at_first_disagreement(ref_logits, agree, atol),
         })
@@ -111,10 +128,12 @@ def encoder_decoder_parity(
     cases: list[list[int]] | None = None,
 ) -> dict[str, Any]:
     """RED: the runtime against the PyTorch model."""
+    model64 = float64_copy(model)
 
     def reference(source, mask, decoder_in, n):
         logits, _ = model(source, mask, decoder_in)
-        return logits.numpy(), model.generate_greedy(source, mask, n)[0].numpy()
+        logits64, _ = model64(source, mask, decoder_in)
+        return logits.numpy(), model.generate_greedy(source, mask, n)[0].numpy(), logits64.numpy()
 
     return teacher_forced_parity(runtime, reference, bounds, steps, seed, cases)
 
@@ -143,27 +162,30 @@ def decoder_only_parity(
     """StagFormer: the runtime's staggered, cached, left-padded decoding vs PyTorch's
     whole-sequence passes run on each row alone (no cache, no padding)."""
     c = runtime.config
-    atol = as_bounds(bounds).atol
     default, steps = default_cases({**c, "consecutive_positions": True}, steps)  # one position range
+    model64 = float64_copy(model)
     reports = []
     for lengths, rows, result in runtime_runs(runtime, steps, seed, cases or default):
         ort_logits = np.stack(result.logits, axis=1)  # [B, N, V]
-        refs, agree, ties = [], [], []
+        refs, agree, ties, error = [], [], [], 0.0
         for b, row in enumerate(rows):
             seq = torch.tensor([row + result.tokens[b][:-1]])
             n = seq.shape[1]
             with torch.inference_mode():
                 full, *_ = model(seq, torch.arange(n)[None], torch.ones_like(seq))
+                full64, *_ = model64(seq, torch.arange(n)[None], torch.ones_like(seq))
                 torch_tokens, _ = model.generate_greedy(torch.tensor([row]), steps)
             ref = full[0, len(row) - 1 :].numpy()  # logits that chose each generated token
+            error = max(error, reference_error(ref, full64[0, len(row) - 1 :].numpy()))
             refs.append(ref)
             same = torch_tokens[0].numpy() == np.array(result.tokens[b])
             agree.append(same)
-            ties.append(near_tie_at_first_disagreement(ref, same, atol))
+            ties.append(near_tie_at_first_disagreement(ref, same, calibrated(as_bounds(bounds), error).atol))
         disagreeing = [t for t in ties if t is not None]
         reports.append({
             "source_lengths": lengths,
             **logit_errors(np.stack(refs), ort_logits),
+            "reference_fp64_vs_fp32": error,
             "greedy_token_agreement": float(np.concatenate(agree).mean()),
             "disagreement_is_near_tie": all(disagreeing) if disagreeing else None,
         })
@@ -193,10 +215,12 @@ def hf_parity(
     """NASH: the runtime against Hugging Face transformers with the masks folded in
     (`model` is exporters.nash.NashExportModel): teacher-forced logits and cached greedy."""
     hf = model.checkpoint.reference()
+    hf64 = float64_copy(hf)
 
     def reference(source, mask, decoder_in, n):
         logits = hf(input_ids=source, attention_mask=mask, decoder_input_ids=decoder_in).logits
-        return logits.numpy(), hf_greedy(hf, source, mask, n).numpy()
+        logits64 = hf64(input_ids=source, attention_mask=mask, decoder_input_ids=decoder_in).logits
+        return logits.numpy(), hf_greedy(hf, source, mask, n).numpy(), logits64.numpy()
 
     return teacher_forced_parity(runtime, reference, bounds, steps, seed, cases)
 

@@ -16,8 +16,8 @@ import torch
 
 from edgeseq.models.pasta import batch_layout, generate_sequential, masked_logits
 from edgeseq.models.pasta_task import TAGS, pasta_examples_per_k
-from edgeseq.parity import logit_errors
-from edgeseq.quality import QualityBounds, as_bounds, judged
+from edgeseq.parity import float64_copy, logit_errors, reference_error
+from edgeseq.quality import QualityBounds, as_bounds, calibrated, judged
 from edgeseq.runtimes.pasta_lang import Budgets
 from edgeseq.runtimes.pasta_layout import pasta_layout
 
@@ -47,7 +47,8 @@ def pasta_parity(runtime, model: torch.nn.Module, bounds: QualityBounds | float,
     ids, positions, _, visible = batch_layout([p + a for p, a in zip(prompts, answers)], [len(p) for p in prompts])
     with torch.no_grad():
         reference = masked_logits(model, ids, positions, visible).numpy()
-    ours, theirs = [], []
+        reference64 = masked_logits(float64_copy(model), ids, positions, visible).numpy()
+    ours, theirs, theirs64 = [], [], []
     for b, (prompt, result) in enumerate(zip(prompts, forced)):
         if result.tokens != answers[b]:
             raise AssertionError(f"teacher forcing changed document {b}: {result.outcome}")
@@ -55,7 +56,10 @@ def pasta_parity(runtime, model: torch.nn.Module, bounds: QualityBounds | float,
             if at is not None:
                 ours.append(logits)
                 theirs.append(reference[b, at])
+                theirs64.append(reference64[b, at])
     errors = logit_errors(np.stack(theirs), np.stack(ours))
+    rounding = reference_error(np.stack(theirs), np.stack(theirs64))
+    atol = calibrated(bounds, rounding).atol
     agreement, ties = 1.0, []
     for prompt, result in zip(prompts, runtime.generate(prompts).rows):
         ours, reference_tokens = result.tokens, generate_sequential(model, prompt)
@@ -63,9 +67,9 @@ def pasta_parity(runtime, model: torch.nn.Module, bounds: QualityBounds | float,
             continue
         first = next((i for i, (a, b) in enumerate(zip(ours, reference_tokens)) if a != b), None)
         agreement = min(agreement, (first or 0) / max(len(reference_tokens), 1))
-        ties.append(first is not None and near_tie(model, prompt, reference_tokens, first, bounds.atol))
+        ties.append(first is not None and near_tie(model, prompt, reference_tokens, first, atol))
     report = judged(bounds, errors["max_abs_logit_diff"], errors["mean_abs_logit_diff"], errors["top1_agreement"],
-                    agreement, all(ties))
+                    agreement, all(ties), rounding)
     return {**report, "steps": sum(len(a) for a in answers),
             "cases": [{"documents": len(examples), "teacher_forced_tokens": sum(len(a) for a in answers),
                        "greedy_disagreements": len(ties), "disagreement_is_near_tie": all(ties) if ties else None}]}

@@ -97,7 +97,8 @@ def compile_checkpoint(
             if not report["passed"]:
                 raise ParityError(
                     f"{precision} quality bounds broken ({'; '.join(report['failures']) or 'see the report'}): "
-                    f"max abs logit difference {report['max_abs_logit_diff']:.2e} (bound {report['atol']:.0e}), "
+                    f"max abs logit difference {report['max_abs_logit_diff']:.2e} (bound {report['atol']:.1e}, PyTorch's own "
+                        f"fp32-vs-fp64 error {report.get('reference_fp64_vs_fp32') or 0:.1e}), "
                     f"greedy agreement {report['greedy_token_agreement']:.3f}",
                     "report this model config; --no-verify skips the check at your own risk",
                 )

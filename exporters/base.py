@@ -20,7 +20,7 @@ from edgeseq.graph_spec import ExportedGraph, GraphSpec, TensorSpec
 from edgeseq.quality import INT8_BOUNDS, QualityBounds
 
 # Sizes used for the example inputs of each symbolic dim. None may be 0 or 1: the
-# exporter would specialise the graph to that size (DESIGN §4).
+# exporter would specialise the graph to that size (docs/design.md §4).
 EXAMPLE_DIM_SIZES = {"batch": 2, "source": 5, "past": 3, "new": 2, "history": 3, "prompt": 5, "cache": 4}
 
 

@@ -305,7 +305,7 @@ def load_nash(folder: str | Path) -> NashCheckpoint:
 # ----- decoder layer selection (for users pruning from scratch) -------------------------------
 def select_layers(n_layers: int, k: int, how: str = "unif") -> list[int]:
     """Which k of n decoder layers to keep: `unif` spreads them evenly
-    (floor((n-1)/(k-1)*d), DESIGN §1), `low` keeps the first k, `high` the last k."""
+    (floor((n-1)/(k-1)*d), docs/design.md §1), `low` keeps the first k, `high` the last k."""
     if how not in LAYER_SELECTIONS:
         raise CheckpointError(f"unknown layer selection {how!r}", f"choose one of: {', '.join(LAYER_SELECTIONS)}")
     if not 1 <= k <= n_layers:

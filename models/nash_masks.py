@@ -1,7 +1,7 @@
 """NASH mask files (`zs.pt`): the keys, their accepted shapes, validation, and what they keep.
 
 The official NASH code saves a dict of soft mask tensors beside a Hugging Face
-checkpoint (DESIGN §1). Each key may come in its training shape ([L, 1, H, 1, 1]) or
+checkpoint (docs/design.md §1). Each key may come in its training shape ([L, 1, H, 1, 1]) or
 its flat shape ([L, H]); both are normalised here to the flat one. Zeros mark pruned
 units; other values are scales that `fold_masks` (models/nash.py) multiplies into
 the weights. Loading never unpickles code: `torch.load(..., weights_only=True)`.

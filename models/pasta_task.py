@@ -1,4 +1,4 @@
-"""PASTA's task: multi-query composition, written in PASTA-LANG (DESIGN §1 "PASTA").
+"""PASTA's task: multi-query composition, written in PASTA-LANG (docs/design.md §1 "PASTA").
 
 A prompt holds L lookup tables over [n] (the composition task's encoding) and k
 independent queries (k = 1..4), each with its own depth d (min_depth..max_depth; the

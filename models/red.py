@@ -1,4 +1,4 @@
-"""RED: a decoder-only LM read as a regularized encoder-decoder (DESIGN §1).
+"""RED: a decoder-only LM read as a regularized encoder-decoder (docs/design.md §1).
 
 Every one of RED's five constraints is a switch; with all five on, the model computes
 exactly what a decoder-only LM computes on [source ; target] (tests/test_red_model.py
@@ -36,7 +36,7 @@ class RedConfig:
     n_layers: int = 2
     d_ff: int = 256
     max_positions: int = 128
-    # RED's constraints (DESIGN §1); all on = a decoder-only LM.
+    # RED's constraints (docs/design.md §1); all on = a decoder-only LM.
     unidirectional_cross_attention: bool = True
     causal_encoder: bool = True
     share_parameters: bool = True

@@ -1,4 +1,4 @@
-"""StagFormer: a decoder-only LM cut into p stacks staggered in time (DESIGN §1).
+"""StagFormer: a decoder-only LM cut into p stacks staggered in time (docs/design.md §1).
 
 Stack 1 is a causal transformer over the token embeddings. Stack k > 1 also reads the
 token embeddings, and each of its layers adds a cross-attention sublayer over stack

@@ -1,4 +1,4 @@
-"""The L-step function-composition task (DESIGN §1, Chen, Peng and Wu).
+"""The L-step function-composition task (docs/design.md §1, Chen, Peng and Wu).
 
 L lookup tables f_1..f_L over [n], each written as its n values, then a query x; the
 answer is f_L(...f_1(x)). With `chain_of_thought` the target spells out the whole

@@ -1,6 +1,6 @@
 """PASTA's attention masks, position ids and per-thread targets for a spliced document.
 
-The semantics training and inference share (DESIGN §1 "PASTA"), computed once here,
+The semantics training and inference share (docs/design.md §1 "PASTA"), computed once here,
 torch-free, so that the training code and the runtime's tests build the same thing:
 
 - the prompt and the main thread's tokens are thread -1; chunk j (`<async>` .. `</async>`,

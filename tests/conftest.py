@@ -1,5 +1,6 @@
 """Shared fixtures: checkpoints and compiled artifacts, built once per test session per config."""
 
+import fcntl
 import hashlib
 import json
 import os
@@ -67,6 +68,22 @@ class ArtifactCache:
         key = hashlib.sha1(json.dumps([family, seed, verify, split, sorted(overrides.items())]).encode()).hexdigest()[:10]
         suffix = "" if precision == "fp32" else f"-{precision}"  # one checkpoint, an artifact per precision
         ckpt, art = self.root / f"ckpt-{key}", self.root / f"art-{key}{suffix}"
+        # the folder is shared by the run's workers: one builds a config, the others wait for it
+        with open(self.root / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._build(ckpt, art, family, seed, verify, split, precision, overrides)
+
+    def committed(self, name: str) -> Path:
+        """checkpoints/NAME compiled (once per run, like every other config)."""
+        art = self.root / f"committed-{name}"
+        with open(self.root / f"committed-{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not art.exists():
+                compile_checkpoint(Path(__file__).resolve().parent.parent / "checkpoints" / name, art)
+        return art
+
+    def _build(self, ckpt: Path, art: Path, family: str, seed: int, verify: bool, split: bool, precision: str,
+               overrides: dict) -> tuple[Path, Path]:
         if not ckpt.exists():
             if family == "nash":  # a Hugging Face folder: variant=t5-v1|t5-v1.1|bart, sparsity=S
                 from edgeseq.models.nash_checkpoints import (
@@ -102,7 +119,12 @@ def close_loaded_models():
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory) -> ArtifactCache:
-    return ArtifactCache(tmp_path_factory.mktemp("artifacts"))
+    """One cache for the whole run: under xdist every worker's base folder has the run's
+    folder as its parent, so a config compiled by one worker is not compiled again by another."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "artifacts-shared"
+    root.mkdir(exist_ok=True)
+    return ArtifactCache(root)
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["p1", "p2"])

@@ -17,11 +17,23 @@ def run(*args):
 def assert_one_line_error(result, *fragments):
     assert result.exit_code != 0, result.output
     text = result.output.strip()
-    assert "Traceback" not in text and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in text, text
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert text.startswith("error"), text
     assert len(text.splitlines()) <= 3, text  # one logical line (the console may wrap it)
     for fragment in fragments:
         assert fragment in " ".join(text.split()), text
+
+
+def test_the_one_line_check_catches_a_traceback():
+    """The check above must fail on what it guards against (its `A and B or C` once let a
+    traceback through whenever click exited with SystemExit)."""
+    from types import SimpleNamespace
+
+    traceback = SimpleNamespace(exit_code=1, output="error: Traceback (most recent call last): ...\n",
+                                exception=SystemExit(1))
+    with pytest.raises(AssertionError, match="Traceback"):
+        assert_one_line_error(traceback)
 
 
 def test_init_compile_generate_parity_inspect_bench(tmp_path):

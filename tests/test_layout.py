@@ -58,3 +58,17 @@ def test_passes_import_no_torch():
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_design_citations_point_at_sections_of_docs_design_md():
+    design = (ROOT / "docs" / "design.md").read_text()
+    sections = set(re.findall(r"^## §(\d+)", design, re.M))
+    cited, outside = set(), []
+    for folder in ("edgeseq", "runtimes", "models", "exporters", "passes", "tests", "benchmarks", "scripts"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            cited |= set(re.findall(r"docs/design\.md §(\d+)", text))
+            if re.search(r"DESIGN(\.md)? §", text):
+                outside.append(str(path.relative_to(ROOT)))
+    assert outside == [], f"citations of a design file outside the repo: {outside}"
+    assert cited and cited <= sections, f"cited sections missing from docs/design.md: {sorted(cited - sections)}"

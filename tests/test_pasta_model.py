@@ -1,5 +1,5 @@
 """PASTA's model side (models/pasta.py): the masks reach every attention, threads are
-isolated as DESIGN §1 says, and the sequential interpreter stays within its budgets."""
+isolated as docs/design.md §1 says, and the sequential interpreter stays within its budgets."""
 
 import numpy as np
 import pytest

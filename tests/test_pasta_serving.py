@@ -8,7 +8,6 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,19 +18,15 @@ from edgeseq.runtimes.policies.pasta import splice_events
 from hypothesis import HealthCheck, given, settings
 from test_server import in_process_server
 
-from edgeseq.pipeline import compile_checkpoint
 from edgeseq.serving import ServeLimits, build_app
 
-ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT_SEED = 123_456
 CALLERS = 8
 
 
 @pytest.fixture(scope="module")
-def pasta_lm(tmp_path_factory):
-    artifact = tmp_path_factory.mktemp("pasta-lm") / "artifact"
-    compile_checkpoint(ROOT / "checkpoints" / "pasta-lm", artifact)
-    with load(artifact, threads=2) as model:
+def pasta_lm(artifacts):
+    with load(artifacts.committed("pasta-lm"), threads=2) as model:
         yield model
 
 

@@ -4,6 +4,7 @@ for token and answers held-out queries. The fast test takes a few prompts per k;
 slow one takes the acceptance's 200 held-out prompts (benchmarks/pasta.py reports the
 same figures with the timings). `python scripts/train_pasta.py` regenerates them."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,17 +13,15 @@ from edgeseq.models.pasta import generate_sequential, outputs_report
 from edgeseq.models.pasta_task import pasta_examples_per_k
 from edgeseq.runtimes import load
 
-from edgeseq.pipeline import compile_checkpoint
-
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT_SEED = 123_456  # scripts/train_pasta.py's and benchmarks/pasta.py's
 
 
 @pytest.fixture(scope="module", params=["pasta-lm", "pasta-stag2"])
-def trained(request, tmp_path_factory):
+def trained(request, artifacts):
     checkpoint = ROOT / "checkpoints" / request.param
-    artifact = tmp_path_factory.mktemp(request.param) / "artifact"
-    manifest = compile_checkpoint(checkpoint, artifact)
+    artifact = artifacts.committed(request.param)
+    manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["parity"]["max_abs_logit_diff"] <= 1e-4 and manifest["parity"]["passed"]
     _, model = load_checkpoint(checkpoint)
     with load(artifact) as runtime:
