@@ -7,7 +7,7 @@ against the fp32 PyTorch model, and task accuracy of the trained checkpoints at 
 - The demo's trained RED (checkpoints/demo-red): held-out exact match on 2048 queries.
 - The trained PASTA checkpoints: held-out well-formed and query rates on 20 prompts per k,
   decoded by the runtime's parallel schedule.
-Writes benchmarks/results/int8-quality.json and prints the tables the README quotes.
+Writes benchmarks/results/int8-quality.json and prints the tables docs/int8.md quotes.
 
     python benchmarks/int8_quality.py [--workdir .cache/bench/int8-quality]
 """

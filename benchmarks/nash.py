@@ -21,7 +21,7 @@ the results file.
 
     python benchmarks/nash.py [--workdir .cache/bench] [--rounds 11] [--repeats 5] [--threads 2]
 
-Writes benchmarks/results/nash-t5-small.json and prints the table the README quotes.
+Writes benchmarks/results/nash-t5-small.json and prints the table docs/benchmarks.md quotes.
 """
 
 import argparse

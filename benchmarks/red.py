@@ -6,7 +6,7 @@ edgeseq int8 (`compile --precision int8`), PyTorch eager fp32, and PyTorch eager
 dynamic int8 Linear layers (torch.ao.quantization.quantize_dynamic: the same kind of
 kernel, the fair peer of the int8 row). Also `edgeseq bench`'s own report of the fp32
 artifact (step time by position, roofline). Writes benchmarks/results/red-small.json and
-prints the markdown table the README quotes; ratios are between rows of this one run.
+prints the markdown table docs/benchmarks.md quotes; ratios are between rows of this one run.
 
     python benchmarks/red.py [--workdir .cache/bench] [--rounds 7] [--repeats 3] [--threads 1]
 """

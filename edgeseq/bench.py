@@ -95,7 +95,7 @@ def sharing_report(shared: str | Path, separate: str | Path) -> dict[str, Any]:
 
 
 def sharing_table(report: dict[str, Any], label: str) -> str:
-    """The markdown table the README quotes for a sharing_report."""
+    """The markdown table docs/benchmarks.md quotes for a sharing_report."""
     lines = [f"| {label} | weight bytes | resident MB after load | resident MB, --low-memory |", "|---|---|---|---|"]
     for name in ("shared", "separate"):
         r = report[name]

@@ -91,7 +91,7 @@ def judged(bounds: QualityBounds, max_abs: float, mean_abs: float, top1: float, 
 
 
 # What int8 weights (passes/quantize_weights.py) may cost any family, measured at compile
-# against the fp32 PyTorch model (figures in README "int8"). Random-init models have nearly
+# against the fp32 PyTorch model (figures in docs/int8.md). Random-init models have nearly
 # flat logits (top-2 margins of a few hundredths), so rounding flips some of their argmaxes:
 # top-1 agreement measured 0.78-0.95 on them and 0.94-1.0 on trained ones. Logit errors
 # measured up to 0.63 max and 0.037 mean (trained models, whose logits are large).

@@ -217,7 +217,8 @@ class KeptDimsNorm(nn.Module):
         self.register_buffer("index", torch.nonzero(keep).flatten())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kept_x = x.index_select(-1, self.index).to(torch.float32)
+        # at least float32, as T5's norm computes (a float64 reference stays float64)
+        kept_x = x.index_select(-1, self.index).to(torch.promote_types(x.dtype, torch.float32))
         weight = self.norm.weight.index_select(0, self.index)
         if isinstance(self.norm, nn.LayerNorm):
             bias = self.norm.bias.index_select(0, self.index)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,14 @@ def pasta_compiled(request, artifacts):
     _, model = load_checkpoint(checkpoint)
     with load(artifact) as runtime:
         yield runtime, model
+
+
+def wait_until(condition, seconds: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail the test after `seconds` (nothing hangs)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
 
 
 def run_without_torch(art: Path) -> subprocess.CompletedProcess:

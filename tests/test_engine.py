@@ -2,12 +2,11 @@
 cancellation, fork/splice/release on the cache manager, faults, deadlines, limits, close."""
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import ALL_ON
+from conftest import ALL_ON, wait_until
 from edgeseq.runtimes import SamplingOptions, load, read_artifact
 from edgeseq.runtimes.backend import make_backend
 from edgeseq.runtimes.engine import Engine
@@ -76,13 +75,6 @@ def test_stream_yields_generates_tokens(artifacts):
         for prompt, n, sampling, stops in requests(model.config["vocab_size"], 4, seed=1):
             expected = model.generate([prompt], n, stop_tokens=stops, sampling=sampling).tokens[0]
             assert list(model.stream(prompt, n, stop_tokens=stops, sampling=sampling)) == expected
-
-
-def wait_until(condition, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_closing_a_stream_cancels_its_row_while_others_run_on(artifacts):

@@ -72,3 +72,11 @@ def test_design_citations_point_at_sections_of_docs_design_md():
                 outside.append(str(path.relative_to(ROOT)))
     assert outside == [], f"citations of a design file outside the repo: {outside}"
     assert cited and cited <= sections, f"cited sections missing from docs/design.md: {sorted(cited - sections)}"
+
+
+def test_the_readme_links_into_the_docs_site_and_every_link_resolves():
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    assert any(link.startswith("docs/") for link in links)
+    missing = [link for link in links if "://" not in link and not (ROOT / link).exists()]
+    assert missing == [], f"README links to files that do not exist: {missing}"

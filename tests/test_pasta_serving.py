@@ -6,12 +6,12 @@ no generated request gets a 5xx."""
 
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import schemathesis
+from conftest import wait_until
 from edgeseq.models.pasta_task import TAGS, pasta_examples_per_k
 from edgeseq.runtimes import TokenEvent, load
 from edgeseq.runtimes.policies.pasta import splice_events
@@ -33,13 +33,6 @@ def pasta_lm(artifacts):
 @pytest.fixture(scope="module")
 def prompts():
     return [e.prompt for e in pasta_examples_per_k(4, HELD_OUT_SEED)]  # 16: k = 1..4, four each
-
-
-def wait_until(condition, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_concurrent_callers_get_what_each_gets_alone(pasta_lm, prompts):

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 from edgeseq.models import pasta_task as T
 from edgeseq.models.pasta_task import pasta_examples
 from edgeseq.runtimes import SamplingOptions
@@ -23,13 +24,6 @@ PASTA = {"pasta": {"tags": T.TAGS.as_dict()}}
 def model():
     with fake_model() as m:
         yield m
-
-
-def wait_until(condition, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.002)
 
 
 def test_greedy_follows_the_fake_models_rule(model):
