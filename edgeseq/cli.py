@@ -211,7 +211,7 @@ def generate(artifact, inputs, texts, max_new_tokens, n, do_sample, temperature,
 def parity(artifact, reference, steps, as_json):
     """Compare ARTIFACT with its PyTorch checkpoint: logit differences and greedy agreement."""
     require("compile", "parity")
-    from edgeseq.parity import parity_report
+    from edgeseq.pipeline import parity_report
 
     with stage_status(not as_json, "checking parity"):
         report = parity_report(artifact, reference, steps)

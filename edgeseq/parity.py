@@ -8,13 +8,11 @@ margin within 2*atol) at the first differing step; int8 declares error bounds in
 """
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from edgeseq.errors import CheckpointError
 from edgeseq.quality import QualityBounds, as_bounds, calibrated, judged
 
 
@@ -136,23 +134,6 @@ def encoder_decoder_parity(
         return logits.numpy(), model.generate_greedy(source, mask, n)[0].numpy(), logits64.numpy()
 
     return teacher_forced_parity(runtime, reference, bounds, steps, seed, cases)
-
-
-def parity_report(artifact: str | Path, reference: str | Path, steps: int = 64) -> dict[str, Any]:
-    """`edgeseq parity`: load both sides and run the family's parity check."""
-    from edgeseq.families import family_of_checkpoint
-    from edgeseq.runtimes import load
-
-    record = family_of_checkpoint(reference)
-    with load(artifact) as runtime:
-        if record.name != runtime.artifact.family:
-            raise CheckpointError(
-                f"reference is a {record.name} checkpoint but the artifact is {runtime.artifact.family}",
-                "pass the checkpoint the artifact was compiled from",
-            )
-        source = record.load(Path(reference))
-        bounds = record.exporter().bounds(runtime.artifact.manifest["precision"])
-        return record.parity(runtime, source.model, bounds, steps=steps)
 
 
 def decoder_only_parity(

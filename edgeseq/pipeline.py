@@ -10,7 +10,7 @@ from typing import Any
 
 from edgeseq.atomic import atomic_folder
 from edgeseq.build import write_artifact, write_manifest
-from edgeseq.errors import BuildError, ParityError
+from edgeseq.errors import BuildError, CheckpointError, ParityError
 from edgeseq.exporters import export_graphs
 from edgeseq.families import family_of_checkpoint
 from edgeseq.passes import fuse_kernels, quantize_graphs, run_passes
@@ -103,3 +103,17 @@ def compile_checkpoint(
                     "report this model config; --no-verify skips the check at your own risk",
                 )
     return manifest
+
+
+def parity_report(artifact: str | Path, reference: str | Path, steps: int = 64) -> dict[str, Any]:
+    """`edgeseq parity`: load both sides and run the family's parity check."""
+    record = family_of_checkpoint(reference)
+    with load_artifact(artifact) as runtime:
+        if record.name != runtime.artifact.family:
+            raise CheckpointError(
+                f"reference is a {record.name} checkpoint but the artifact is {runtime.artifact.family}",
+                "pass the checkpoint the artifact was compiled from",
+            )
+        source = record.load(Path(reference))
+        bounds = record.exporter().bounds(runtime.artifact.manifest["precision"])
+        return record.parity(runtime, source.model, bounds, steps=steps)

@@ -80,3 +80,52 @@ def test_the_readme_links_into_the_docs_site_and_every_link_resolves():
     assert any(link.startswith("docs/") for link in links)
     missing = [link for link in links if "://" not in link and not (ROOT / link).exists()]
     assert missing == [], f"README links to files that do not exist: {missing}"
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    """Every module an edgeseq/ file imports, at its top or inside a function."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            out |= {module, *(f"{module}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return out
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    cycles, state, stack = [], {}, []
+
+    def visit(u):
+        state[u] = "open"
+        stack.append(u)
+        for v in sorted(graph.get(u, ())):
+            if state.get(v) == "open":
+                cycles.append(stack[stack.index(v):] + [v])
+            elif v not in state:
+                visit(v)
+        stack.pop()
+        state[u] = "done"
+
+    for u in sorted(graph):
+        if u not in state:
+            visit(u)
+    return cycles
+
+
+def test_no_import_circle_among_the_driver_modules():
+    graph = {}
+    for path in (ROOT / "edgeseq").rglob("*.py"):
+        parts = ["edgeseq", *path.relative_to(ROOT / "edgeseq").with_suffix("").parts]
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        graph[name] = _imports(path, name if path.name == "__init__.py" else name.rsplit(".", 1)[0])
+    graph = {k: {d for d in deps if d in graph and d != k} for k, deps in graph.items()}
+    assert "edgeseq.families" in graph and graph["edgeseq.cli"]  # the walk sees the modules and their imports
+    assert import_cycles(graph) == []
+    planted = {**graph, "edgeseq.parity": graph["edgeseq.parity"] | {"edgeseq.families"},
+               "edgeseq.families": graph["edgeseq.families"] | {"edgeseq.parity"}}
+    assert import_cycles(planted)  # the check finds one when there is one
