@@ -165,10 +165,10 @@ class Scheduler:
                     self._finish(request, StepError("no row of the running requests can run", "report this as a bug"))
             return
         self._first_rows(runnable)
-        stepping = {id(r.request) for r in runnable}
         try:
             logits = self.engine.step(runnable)
         except Exception as e:
+            stepping = {id(r.request) for r in runnable}  # only on failure: not per step
             for request in [r for r in self.running if id(r) in stepping]:
                 self._finish(request, _as_generate_error(e))
             return

@@ -28,6 +28,11 @@ def register(cls: type["Decoding"]) -> type["Decoding"]:
     return cls
 
 
+def deadline_after(timeout: float | None) -> float | None:
+    """A request's deadline (time.monotonic()) `timeout` seconds from now, or none."""
+    return time.monotonic() + timeout if timeout is not None else None
+
+
 def decoding_for(artifact: Artifact) -> "Decoding":
     """The decoding an artifact's manifest asks for."""
     for cls in DECODINGS:
@@ -77,7 +82,7 @@ class Decoding:
             raise GenerateError(f"max_new_tokens={max_new_tokens} must be >= 1", "ask for at least one new token")
         self.check_lengths(max(len(r) for r in rows), max_new_tokens)
         stops = frozenset([self.config["eos_token_id"]] if stop_tokens is None else (int(t) for t in stop_tokens))
-        deadline = time.monotonic() + timeout if timeout is not None else None
+        deadline = deadline_after(timeout)
         out = []
         for b, row in enumerate(rows):
             request = Request(row, max_new_tokens, stops, sampling, deadline, return_logits, streamed, b * n)
@@ -127,11 +132,15 @@ class PastaDecoding(Decoding):
         self.default_schedule = "parallel"
 
     def engine_schedule(self, schedule: str | None) -> str:
-        schedule = schedule or "parallel"
-        if schedule not in self.schedules:
-            raise LoadError(f"unknown PASTA schedule {schedule!r}", f"choose one of: {', '.join(self.schedules)}")
-        self.default_schedule = schedule
+        self.default_schedule = self.checked_schedule(schedule or "parallel", LoadError)
         return "concurrent"  # the stages of every step run concurrently under both thread schedules
+
+    def checked_schedule(self, schedule: str, error: type) -> str:
+        """`schedule` if it is a PASTA thread schedule; else `error` (LoadError at load,
+        GenerateError for one call) naming the choices."""
+        if schedule not in self.schedules:
+            raise error(f"unknown PASTA schedule {schedule!r}", f"choose one of: {', '.join(self.schedules)}")
+        return schedule
 
     def requests(self, rows, max_new_tokens, stop_tokens, sampling, n, return_logits, timeout, streamed, options):
         self.check_options(options)
@@ -142,9 +151,7 @@ class PastaDecoding(Decoding):
         if stop_tokens is not None:
             raise GenerateError("a PASTA answer ends at eos or at its budgets; stop_tokens does not apply",
                                 "leave stop_tokens unset; bound the answer with max_new_tokens")
-        schedule = options.get("schedule") or self.default_schedule
-        if schedule not in self.schedules:
-            raise GenerateError(f"unknown PASTA schedule {schedule!r}", f"choose one of: {', '.join(self.schedules)}")
+        schedule = self.checked_schedule(options.get("schedule") or self.default_schedule, GenerateError)
         limit = self.config.get("max_positions")
         for b, row in enumerate(rows):
             if limit is not None and len(row) >= limit:
@@ -155,7 +162,7 @@ class PastaDecoding(Decoding):
             if len(forced) != len(rows):
                 raise GenerateError(f"{len(forced)} forced answers for {len(rows)} prompts", "give one forced answer per prompt")
             forced = [normalize_input(answer, self.config["vocab_size"])[0] if len(answer) else [] for answer in forced]
-        deadline = time.monotonic() + timeout if timeout is not None else None
+        deadline = deadline_after(timeout)
         out = []
         for b, row in enumerate(rows):
             for i in range(n):  # n documents of one prompt, each its own RNG streams
