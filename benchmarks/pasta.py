@@ -7,7 +7,7 @@ For checkpoints/pasta-lm (p = 1) and checkpoints/pasta-stag2 (p = 2, stages conc
    well-formed and correct rates are reported per k (`queries`: queries answered right);
 2. speed at batch 1, k = 4 (the artifact's bench prompts): the parallel schedule against
    the sequential one on the same artifact, alternating order round by round, best of 3
-   within a round, median over rounds (edgeseq/pasta_bench.py), and the theoretical
+   within a round, median over rounds (edgeseq/families/pasta/bench.py), and the theoretical
    speedup (tokens / longest sequential path).
 Writes benchmarks/results/pasta.json.
 
@@ -25,7 +25,7 @@ from edgeseq.models.pasta_task import pasta_examples_per_k
 from edgeseq.runtimes import load
 
 from edgeseq.bench_engine import together_vs_alone
-from edgeseq.pasta_bench import pasta_bench
+from edgeseq.families.pasta.bench import pasta_bench
 from edgeseq.pipeline import compile_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

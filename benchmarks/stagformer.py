@@ -5,7 +5,7 @@ Edge-size preset (d_model 256, 8 layers, 2 stacks), random weights; batch 1 and 
 configuration measured in this one run (edgeseq/bench.py `side_by_side`: each round
 starts from the next configuration, best of --repeats within a round, median over
 rounds), at fp32 and at int8 (`compile --precision int8`); every artifact carries the
-same kernel fusions (passes/__init__.py `fuse_kernels`).
+same kernel fusions (passes/pipeline.py `compile_pipeline`).
 Also the time of each stage alone: the last stack carries the LM head, so the stages are
 not perfectly balanced. Writes benchmarks/results/stagformer-edge.json.
 

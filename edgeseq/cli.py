@@ -109,20 +109,28 @@ def init(family, out, preset, sets, seed, force, as_json):
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check parity against PyTorch.")
 @click.option("--split/--no-split", default=True, show_default=True, help="StagFormer: one graph per stack (--no-split keeps one step graph).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--explain", is_flag=True, help="List per graph pass what it rewrote and each candidate it declined, with why.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @handle_errors
-def compile_cmd(checkpoint, out, target, precision, verify, split, force, as_json):
+def compile_cmd(checkpoint, out, target, precision, verify, split, force, explain, as_json):
     """Export CHECKPOINT to ONNX, run the graph passes, write an artifact, check parity."""
     require("compile", "compile")
     from edgeseq.pipeline import compile_checkpoint
     from edgeseq.tokenizer_files import tokenizer_hint
 
+    passes: list[dict] = []
     with stage_status(not as_json, f"compiling {checkpoint}") as say:
-        manifest = compile_checkpoint(checkpoint, out, target, precision, verify, force, on_stage=say, split=split)
+        manifest = compile_checkpoint(checkpoint, out, target, precision, verify, force, on_stage=say, split=split,
+                                      on_explain=passes.extend)
     parity = manifest["parity"]
     if as_json:
-        emit_json({"artifact": str(out), "family": manifest["family"], "stats": manifest["stats"], "parity": parity})
+        emit_json({"artifact": str(out), "family": manifest["family"], "stats": manifest["stats"], "parity": parity,
+                   **({"passes": passes} if explain else {})})
         return
+    if explain:
+        from edgeseq.pass_report import print_pass_report
+
+        print_pass_report(out_console, passes)
     out_console.print(f"wrote {manifest['family']} artifact to {out} ({manifest['stats']['weight_bytes'] / 1e6:.2f} MB of weights)")
     if manifest.get("tokenizer"):
         out_console.print(f"tokenizer carried ({manifest['tokenizer']['vocab_size']} tokens): --text works")

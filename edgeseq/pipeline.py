@@ -13,7 +13,7 @@ from edgeseq.build import write_artifact, write_manifest
 from edgeseq.errors import BuildError, CheckpointError, ParityError
 from edgeseq.exporters import export_graphs
 from edgeseq.families import family_of_checkpoint
-from edgeseq.passes import fuse_kernels, quantize_graphs, run_passes
+from edgeseq.passes import compile_pipeline, explain, run_pipeline
 from edgeseq.runtimes import load as load_artifact
 from edgeseq.runtimes.backend import TARGETS, check_target
 from edgeseq.tokenizer_files import carry_tokenizer
@@ -49,8 +49,10 @@ def compile_checkpoint(
     force: bool = False,
     on_stage: Callable[[str], None] | None = None,
     split: bool = True,
+    on_explain: Callable[[list[dict]], None] | None = None,
 ) -> dict[str, Any]:
-    """Compile a checkpoint folder into an artifact folder; returns the manifest."""
+    """Compile a checkpoint folder into an artifact folder; returns the manifest. `on_explain`
+    gets the pass pipeline's account (passes.explain) before the artifact is written."""
     say = on_stage or (lambda _: None)
     out = Path(out)
     check_build_options(target, precision)
@@ -65,29 +67,27 @@ def compile_checkpoint(
         bounds = exporter.bounds(precision)
     except ValueError:
         raise BuildError(f"the {family} family does not offer precision {precision!r}", "use --precision fp32") from None
+    extras = record.manifest_extras(model)  # before the export: a refused checkpoint fails fast
     graphs = export_graphs(model, exporter, on_graph=lambda spec: say(f"exporting {spec.name}"))
-    say("running graph passes")
-    graphs, extras = record.passes(graphs, model, target, split)
-    if target.startswith("ort"):
-        graphs = fuse_kernels(graphs)
-    for g in graphs:
-        g.model = run_passes(g.model, family, g.spec.name)
-    if precision == "int8":
-        say("quantizing weights to int8")
-        graphs = quantize_graphs(graphs, exporter.int8_keep_fp32)
+    say("running graph passes" + (" (int8 weights last)" if precision == "int8" else ""))
+    pipeline = compile_pipeline(record.passes(model, target, split), target, precision, exporter.int8_keep_fp32)
+    rewritten = run_pipeline(pipeline, graphs)
+    graphs, extras = rewritten.graphs, {**extras, **rewritten.sections}
+    report = explain(pipeline)
+    if on_explain:
+        on_explain(report)
+    extras["passes"] = pass_summary(report)
     with atomic_folder(out) as tmp:
         say("writing artifact")
         manifest = write_artifact(
             tmp, family, source.config, graphs, target, precision, exporter.decode(model.config, split),
             exporter.schedule(model.config, split), exporter.sequential_depth_per_token(model.config, split),
         )
-        if extras:
-            manifest.update(extras)
+        manifest.update(extras)
         tokenizer = carry_tokenizer(checkpoint, tmp, source.config["vocab_size"])
         if tokenizer:
             manifest["tokenizer"] = tokenizer
-        if extras or tokenizer:
-            write_manifest(tmp, manifest)
+        write_manifest(tmp, manifest)
         if verify:
             say("checking parity against PyTorch")
             with load_artifact(tmp, target=target) as runtime:
@@ -103,6 +103,22 @@ def compile_checkpoint(
                     "report this model config; --no-verify skips the check at your own risk",
                 )
     return manifest
+
+
+MAX_REASONS = 12  # per pass in the manifest: the most frequent
+
+
+def pass_summary(report: list[dict]) -> list[dict]:
+    """The manifest's "passes": per pass, rewrites per graph and declined candidates counted
+    by reason (`compile --explain` prints every one)."""
+    summary = []
+    for entry in report:
+        reasons: dict[str, int] = {}
+        for d in entry["declined"]:
+            reasons[d["reason"]] = reasons.get(d["reason"], 0) + 1
+        top = dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:MAX_REASONS])
+        summary.append({"pass": entry["pass"], "rewrote": entry["rewrote"], "declined": top})
+    return summary
 
 
 def parity_report(artifact: str | Path, reference: str | Path, steps: int = 64) -> dict[str, Any]:

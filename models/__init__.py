@@ -1,9 +1,5 @@
 """PyTorch reference models, checkpoints, the synthetic task and tiny training loops.
 
-Each family has one file (red.py, ...), registered in `FAMILIES` so the CLI, the
-exporters and the parity checks can find its config class, presets and model class.
+Each family has its model file here (red.py, stagformer.py, nash*.py, pasta*.py); the
+family registry (edgeseq/families/) names their config classes, presets and model classes.
 """
-
-from .registry import FAMILIES, family_spec
-
-__all__ = ["FAMILIES", "family_spec"]

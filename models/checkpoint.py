@@ -13,9 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from edgeseq.atomic import atomic_folder
 from edgeseq.errors import CheckpointError, ConfigError
+from edgeseq.families import family as family_record
 
 from .config import config_from_dict, config_to_dict, parse_overrides
-from .registry import family_spec
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -23,15 +23,23 @@ WEIGHTS_FILE = "model.safetensors"
 
 def make_config(family: str, preset: str | None = None, overrides: dict[str, str] | None = None):
     """A config from a named preset plus key=value overrides, validated."""
-    spec = family_spec(family)
-    preset = preset or spec.default_preset
-    if preset not in spec.presets:
-        raise ConfigError(
-            f"unknown {family} preset {preset!r}", f"choose one of: {', '.join(spec.presets)}"
-        )
-    values: dict[str, Any] = dict(spec.presets[preset])
+    record = native_record(family)
+    preset = preset or record.default_preset
+    presets = record.presets.target
+    if preset not in presets:
+        raise ConfigError(f"unknown {family} preset {preset!r}", f"choose one of: {', '.join(presets)}")
+    values: dict[str, Any] = dict(presets[preset])
     values.update(overrides or {})
-    return config_from_dict(spec.config_class, values, family)
+    return config_from_dict(record.config_class.target, values, family)
+
+
+def native_record(family: str):
+    """The registry's record of a family with edgeseq checkpoints (a torch config and model class)."""
+    record = family_record(family)
+    if record.model_class is None or record.config_class is None:
+        raise ConfigError(f"the {family} family has no edgeseq checkpoint format (its checkpoints are its own folders)",
+                          f"see `edgeseq init {family} --help`")
+    return record
 
 
 def init_checkpoint(
@@ -41,7 +49,7 @@ def init_checkpoint(
     """Write a random-init checkpoint of a preset (with --set overrides) to `out`."""
     config = make_config(family, preset, parse_overrides(list(sets)))
     torch.manual_seed(seed)
-    model = family_spec(family).model_class(config)
+    model = native_record(family).model_class(config)
     return save_checkpoint(model, family, out, force=force)
 
 
@@ -83,7 +91,7 @@ def read_config(path: str | Path):
         raise CheckpointError(f'{config_path} has no "family" key', 'add "family": "red" (or the model\'s family)')
     family = raw["family"]
     try:
-        config = config_from_dict(family_spec(family).config_class, raw, family)
+        config = config_from_dict(native_record(family).config_class.target, raw, family)
     except ConfigError as e:
         raise CheckpointError(f"{config_path}: {e.problem}", e.fix) from e
     return family, config
@@ -100,7 +108,7 @@ def load_checkpoint(path: str | Path) -> tuple[str, torch.nn.Module]:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights} is not a readable safetensors file ({e})", "re-save the checkpoint") from e
-    model = family_spec(family).model_class(config)
+    model = native_record(family).model_class(config)
     expected = unique_state(model)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -20,6 +20,11 @@ from edgeseq.runtimes.pasta_layout import pasta_layout
 from . import pasta_task as T
 from .pasta_task import TAGS, PastaExample, PastaTask, pasta_check, pasta_examples
 
+# PASTA's model is a StagFormer (p = 1: the plain LM) over the PASTA task's vocabulary,
+# trained with PASTA's masks; the recipe of scripts/train_pasta.py
+PRESETS = {"tiny": dict(vocab_size=PastaTask().vocab_size, d_model=128, n_heads=4, n_layers=4, n_stacks=1,
+                        d_ff=512, max_positions=192)}
+
 
 def batch_layout(docs: list[list[int]], prompt_lengths: list[int], partial: bool = False):
     """Padded numpy arrays for documents: ids, positions, targets [B, T] and visible [B, T, T]."""

@@ -123,12 +123,11 @@ RECIPES: dict[str, tuple[str, dict]] = {
 
 def recipe_model(name: str, task) -> Callable[[], torch.nn.Module]:
     """A maker of fresh models of a named recipe for `task` (call it after seeding)."""
-    from .checkpoint import make_config
-    from .registry import family_spec
+    from .checkpoint import make_config, native_record
 
     family, overrides = RECIPES[name]
     config = make_config(family, "tiny", {"vocab_size": task.vocab_size, **overrides})
-    return lambda: family_spec(family).model_class(config)
+    return lambda: native_record(family).model_class(config)
 
 
 VALIDATION_SEED = 77_777  # chooses between attempts; held-out test seeds are elsewhere

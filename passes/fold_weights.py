@@ -10,9 +10,10 @@ per cross layer, for a constant), was recomputed on every token.
 This pass evaluates, once, every node whose inputs are all constants and whose outputs
 are small (at most `max_elements` each, so no weight is ever duplicated, transposed or
 cast into a second copy), in graph order so chains fold in one sweep.
-Requires: static output shapes on the nodes to fold (the exporter records them).
-Ensures: the same outputs (evaluated in fp32 by ONNX's reference evaluator), fewer
-kernels, and weights read only where an activation needs them.
+Requires: a default-domain opset import (the evaluator runs the nodes at it); static
+output shapes on the nodes to fold (the exporter records them; others are left).
+Ensures: the same interface, fewer kernels, the same outputs (evaluated in fp32 by ONNX's
+reference evaluator), and weights read only where an activation needs them.
 """
 
 import math
@@ -21,6 +22,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
+from .contracts import ContractPass, precondition
 from .fuse_attention import take_over
 from .strip_pruned import remove_unused
 
@@ -39,14 +41,19 @@ def _evaluate(node: ir.Node, opset: int) -> list[np.ndarray]:
     return evaluator.run(None, feeds)[: len(node.outputs)]
 
 
-class FoldWeightOnlyPass(ir.passes.InPlacePass):
+class FoldWeightOnlyPass(ContractPass):
     def __init__(self, max_elements: int = MAX_ELEMENTS):
         super().__init__()
         self.max_elements = max_elements
 
+    def requires(self, model: ir.Model) -> None:
+        super().requires(model)
+        if "" not in model.opset_imports:
+            raise precondition("the graph imports no default-domain opset", "export the graph with edgeseq")
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        opset = model.opset_imports.get("", 18)
+        opset = model.opset_imports[""]
         folded = 0
         for node in list(graph):
             if node.domain not in ("", "ai.onnx") or not node.inputs or node.op_type in ("If", "Loop", "Scan"):
@@ -65,6 +72,7 @@ class FoldWeightOnlyPass(ir.passes.InPlacePass):
                 graph.register_initializer(constant)
                 take_over(graph, out, constant)
             folded += 1
+        self.count(folded)
         if folded:
             remove_unused(model)  # and the weights only the folded nodes read
         return ir.passes.PassResult(model, bool(folded))

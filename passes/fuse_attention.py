@@ -12,8 +12,10 @@ the exporter's structure (models/nash_modules.py): query -> Reshape -> Transpose
 MatMul(., Transpose(K)) -> Add(bias) -> Softmax -> MatMul(., V) -> Transpose -> Reshape.
 K/V are a Concat(past, new) (decoder self-attention), the new keys alone (encoder), or
 graph inputs in [B, H, S, Dh] (cross-attention). A chain that does not match is left
-alone. Requires: the strip pass has run (head counts are read from the sliced weights).
-Ensures: the same outputs, fewer kernels. ONNX Runtime targets only.
+alone, with the reason (`compile --explain`).
+Requires: the strip pass has run (head counts are read from the sliced weights: each
+query projection is as wide as its kept heads). Ensures: the same interface; each
+attention kernel's query width a multiple of its head count. ONNX Runtime targets only.
 """
 
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from .contracts import ContractPass, postcondition, precondition
 from .strip_pruned import add_initializer, remove_unused, sole_consumer
 
 MS_DOMAIN = "com.microsoft"
@@ -38,20 +41,44 @@ def _split_input(heads4: ir.Value) -> ir.Value | None:
     return reshape.inputs[0] if reshape else None
 
 
-class FuseAttentionPass(ir.passes.InPlacePass):
+def _query_weights(graph: ir.Graph, plan: dict[str, Any]):
+    """(unit, query weight) of each kept attention of the plan that this graph holds."""
+    for unit in plan.get("attention", []):
+        query_weight = graph.initializers.get(unit["head_columns"][0])
+        if query_weight is not None and unit["kept"]:
+            yield unit, query_weight
+
+
+class FuseAttentionPass(ContractPass):
     def __init__(self, plan: dict[str, Any]):
         super().__init__()
         self.plan = plan
 
+    def requires(self, model: ir.Model) -> None:
+        super().requires(model)
+        for unit, weight in _query_weights(model.graph, self.plan):
+            width, kept = weight.const_value.shape[1], len(unit["kept"]) * unit["head_dim"]
+            if width != kept:
+                raise precondition(f"{unit['unit']}: the query projection is {width} wide but the plan keeps "
+                                   f"{len(unit['kept'])} heads of {unit['head_dim']}; the strip pass has not run",
+                                   "run StripPrunedUnitsPass with this plan first (NASH's record does)")
+
+    def ensures(self, model: ir.Model) -> None:
+        super().ensures(model)
+        for node in model.graph:
+            if node.op_type == "MultiHeadAttention" and node.domain == MS_DOMAIN:
+                heads, query = node.attributes["num_heads"].as_int(), node.inputs[0].shape
+                width = query[-1] if query is not None else None
+                if heads < 1 or (isinstance(width, int) and width % heads):
+                    raise postcondition(f"{node.name}: {heads} heads over a query {width} wide")
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         fused = 0
-        for unit in self.plan.get("attention", []):
-            query_weight = graph.initializers.get(unit["head_columns"][0])
-            if query_weight is None or not unit["kept"]:
-                continue
+        for unit, query_weight in _query_weights(graph, self.plan):
             heads = query_weight.const_value.shape[1] // unit["head_dim"]
             fused += self._fuse(graph, query_weight, heads, unit["unit"])
+        self.count(fused)
         if fused:
             model.opset_imports.setdefault(MS_DOMAIN, 1)
             remove_unused(model)  # and the q/k/v weights now packed into one
@@ -60,15 +87,20 @@ class FuseAttentionPass(ir.passes.InPlacePass):
     def _fuse(self, graph: ir.Graph, query_weight: ir.Value, heads: int, unit: str) -> bool:
         node = sole_consumer(query_weight, "MatMul")
         if node is None:
-            return False
+            return self.decline(query_weight.name or unit, f"{unit}: its query weight is not read by one MatMul alone")
         query = node.outputs[0]
         while (nxt := sole_consumer(query)) is not None and nxt.op_type in ("Add", "Mul"):
             query = nxt.outputs[0]  # the projection's bias and BART's query scaling
         split = sole_consumer(query, "Reshape")
         transpose = sole_consumer(split.outputs[0], "Transpose") if split else None
         scores = sole_consumer(transpose.outputs[0], "MatMul") if transpose else None
+        if transpose is None:
+            return self.decline(node, f"{unit}: the query is not split into heads (Reshape -> Transpose)")
         if scores is None or scores.inputs[0] is not transpose.outputs[0]:
-            return False
+            readers = " and ".join(sorted(u.node.op_type for u in transpose.outputs[0].uses())) or "nothing"
+            return self.decline(node, f"{unit}: the query's heads go to {readers}, not to one score MatMul (a cache "
+                                      "attended in place, with the new token's own score apart, has no "
+                                      "MultiHeadAttention form)")
         key_t = _producer(scores.inputs[1], "Transpose")
         add = sole_consumer(scores.outputs[0], "Add")
         softmax = sole_consumer(add.outputs[0], "Softmax") if add else None
@@ -76,7 +108,8 @@ class FuseAttentionPass(ir.passes.InPlacePass):
         back = sole_consumer(weighted.outputs[0], "Transpose") if weighted else None
         merge = sole_consumer(back.outputs[0], "Reshape") if back else None
         if key_t is None or merge is None:
-            return False
+            return self.decline(node, f"{unit}: no Transpose(K), Add(bias) -> Softmax -> MatMul(V) -> merge heads "
+                                      "after the scores")
         bias = add.inputs[1] if add.inputs[0] is scores.outputs[0] else add.inputs[0]
         keys, values = key_t.inputs[0], weighted.inputs[1]
         perm = tuple(key_t.attributes["perm"].as_ints())
@@ -84,7 +117,7 @@ class FuseAttentionPass(ir.passes.InPlacePass):
         if merged is not None and perm == (0, 2, 3, 1):
             keys = None
         elif perm != (0, 1, 3, 2):
-            return False
+            return self.decline(node, f"{unit}: the keys are transposed by {perm}, not (0, 1, 3, 2)")
 
         inputs: list[ir.Value | None] = [query]
         cache = []  # (concat output, past input) for keys and values
@@ -97,7 +130,7 @@ class FuseAttentionPass(ir.passes.InPlacePass):
             if concat is not None:  # decoder self-attention: past + new
                 new = _split_input(concat.inputs[1])
                 if new is None:
-                    return False
+                    return self.decline(node, f"{unit}: the cache's new part is not split into heads")
                 inputs.append(new)
                 cache.append((kv, concat.inputs[0]))
             elif kv.is_graph_input():  # cross-attention: [B, H, S, Dh] from the encoder
@@ -105,10 +138,10 @@ class FuseAttentionPass(ir.passes.InPlacePass):
             else:
                 new = _split_input(kv)
                 if new is None:
-                    return False
+                    return self.decline(node, f"{unit}: the keys or values are not split into heads")
                 inputs.append(new)
         if cache and len(cache) != 2:
-            return False
+            return self.decline(node, f"{unit}: only one of the keys and values comes from a cache")
         inputs[:3] = _pack_projections(graph, inputs[:3], merge, unit)
         inputs += [None, None, bias] + ([cache[0][1], cache[1][1]] if cache else [])
         mha = ir.node("MultiHeadAttention", inputs, attributes={"num_heads": heads, "scale": 1.0},

@@ -15,8 +15,9 @@ with x = Add(a, b), a and b both computed and of one shape (not constants: a cut
 sublayer leaves `x + bias`, which the kernel's skip input would not broadcast). When a
 (or b) is itself y + a bias vector read by nothing else (a projection's bias), the
 kernel takes the bias as its bias input: one kernel fewer again.
-Anything else is left alone.
-Requires: nothing. Ensures: the same outputs, one kernel fewer per fused pair.
+Anything else is left alone, with the reason (`compile --explain`).
+Requires: the com.microsoft domain, if imported, at version 1 (the skip kernels' domain).
+Ensures: the same interface; each skip kernel's input and skip of one rank (2 or 3).
 ONNX Runtime targets only.
 """
 
@@ -24,6 +25,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common
 
+from .contracts import ContractPass, postcondition, precondition
 from .fuse_attention import MS_DOMAIN, take_over
 from .strip_pruned import sole_consumer
 
@@ -39,11 +41,31 @@ def _other_input(node: ir.Node, value: ir.Value) -> ir.Value | None:
     return node.inputs[1] if node.inputs[0] is value else node.inputs[0]
 
 
-class FuseResidualNormPass(ir.passes.InPlacePass):
+SKIP_KERNELS = ("SkipSimplifiedLayerNormalization", "SkipLayerNormalization")
+
+
+class FuseResidualNormPass(ContractPass):
+    def requires(self, model: ir.Model) -> None:
+        super().requires(model)
+        version = model.opset_imports.get(MS_DOMAIN)
+        if version not in (None, 1):
+            raise precondition(f"the graph imports {MS_DOMAIN} at version {version}; the skip kernels are version 1",
+                               "export the graph with edgeseq")
+
+    def ensures(self, model: ir.Model) -> None:
+        super().ensures(model)
+        for node in model.graph:
+            if node.op_type in SKIP_KERNELS and node.domain == MS_DOMAIN:
+                a, b = node.inputs[0].shape, node.inputs[1].shape
+                if a is not None and b is not None and (len(a) != len(b) or len(a) not in (2, 3)):
+                    raise postcondition(f"{node.name}: input of rank {len(a)} and skip of rank {len(b)}; the kernel "
+                                        "takes two [B, S, D] (or [T, D]) tensors")
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         fused = sum(self._fuse(graph, node) for node in list(graph) if node.op_type == "Pow")
         fused += sum(self._fuse_layer_norm(graph, node) for node in list(graph) if node.op_type == "LayerNormalization")
+        self.count(fused)
         if fused:
             model.opset_imports.setdefault(MS_DOMAIN, 1)
             common.RemoveUnusedNodesPass()(model)
@@ -59,13 +81,16 @@ class FuseResidualNormPass(ir.passes.InPlacePass):
         sqrt = sole_consumer(plus_eps.outputs[0], "Sqrt") if plus_eps else None
         div = sole_consumer(sqrt.outputs[0], "Div") if sqrt else None
         scale = sole_consumer(div.outputs[0], "Mul") if div else None
-        if scale is None or div.inputs[0] is not x or not self._last_axis_mean(mean, x):
-            return False
+        if scale is None or div.inputs[0] is not x:
+            return self.decline(power, "not an RMS norm: Pow(x, 2) is not read by ReduceMean -> Add(eps) -> Sqrt -> "
+                                       "Div(x, .) -> Mul(weight), each the only reader")
+        if not self._last_axis_mean(mean, x):
+            return self.decline(power, "the mean is not over the last axis only")
         eps = _constant(_other_input(plus_eps, mean.outputs[0]))
         weight = _other_input(scale, div.outputs[0])
         if eps is None or eps.size != 1 or _constant(weight) is None:
-            return False
-        return _write_skip_norm(graph, x, scale.outputs[0], "SkipSimplifiedLayerNormalization", [weight], float(eps))
+            return self.decline(power, "epsilon or the norm's weight is not a constant")
+        return self._skip_norm(graph, x, scale.outputs[0], "SkipSimplifiedLayerNormalization", [weight], float(eps), power)
 
     def _fuse_layer_norm(self, graph: ir.Graph, norm: ir.Node) -> bool:
         x, weight = norm.inputs[0], norm.inputs[1]
@@ -73,14 +98,18 @@ class FuseResidualNormPass(ir.passes.InPlacePass):
         axis = norm.attributes.get("axis")
         rank = len(x.shape) if x.shape is not None else None
         if axis is not None and axis.as_int() != -1 and (rank is None or axis.as_int() != rank - 1):
-            return False
+            return self.decline(norm, "it does not normalise over the last axis")
         if len(norm.outputs) > 1 and any(o.uses() for o in norm.outputs[1:]):
-            return False  # training outputs in use
+            return self.decline(norm, "its mean or inverse deviation output is in use")
         if _constant(weight) is None or (bias is not None and _constant(bias) is None):
-            return False
+            return self.decline(norm, "its weight or bias is not a constant")
         eps = norm.attributes.get("epsilon")
-        return _write_skip_norm(graph, x, norm.outputs[0], "SkipLayerNormalization",
-                                [weight] + ([bias] if bias is not None else []), eps.as_float() if eps else 1e-5)
+        return self._skip_norm(graph, x, norm.outputs[0], "SkipLayerNormalization",
+                               [weight] + ([bias] if bias is not None else []), eps.as_float() if eps else 1e-5, norm)
+
+    def _skip_norm(self, graph, x, normed_out, op, params, eps, node) -> bool:
+        why_not = _write_skip_norm(graph, x, normed_out, op, params, eps)
+        return True if why_not is None else self.decline(node, why_not)
 
     @staticmethod
     def _last_axis_mean(mean: ir.Node, x: ir.Value) -> bool:
@@ -116,17 +145,18 @@ def _bias_added(value: ir.Value) -> tuple[ir.Value, list[ir.Value]] | None:
     return None
 
 
-def _write_skip_norm(graph: ir.Graph, x: ir.Value, normed_out: ir.Value, op: str, params: list, eps: float) -> bool:
+def _write_skip_norm(graph: ir.Graph, x: ir.Value, normed_out: ir.Value, op: str, params: list,
+                     eps: float) -> str | None:
     """Replace `normed_out = norm(x)`, x = Add(a, b), by op(a, b, *params), whose fourth
-    output takes over x for its other readers."""
+    output takes over x for its other readers. None when done, else why not."""
     residual = x.producer()
-    if residual is None or residual.op_type != "Add" or any(
-        v is None or _constant(v) is not None for v in residual.inputs
-    ):
-        return False
+    if residual is None or residual.op_type != "Add":
+        return "its input is not a residual Add"
+    if any(v is None or _constant(v) is not None for v in residual.inputs):
+        return "its residual Add adds a constant (a cut sublayer's bias), which the skip input would not broadcast"
     a, b = residual.inputs
     if a.shape is not None and b.shape is not None and (len(a.shape) != len(b.shape) or len(a.shape) not in (2, 3)):
-        return False  # the kernel takes [B, S, D] (or [T, D]) skip inputs of the input's shape
+        return "the residual's operands are not two [B, S, D] (or [T, D]) tensors"  # what the kernel takes
     bias = []
     unbiased = _bias_added(a)
     if unbiased is not None:
@@ -142,4 +172,4 @@ def _write_skip_norm(graph: ir.Graph, x: ir.Value, normed_out: ir.Value, op: str
     graph.insert_after(residual, fused)
     take_over(graph, normed_out, normed)
     take_over(graph, x, total)
-    return True
+    return None

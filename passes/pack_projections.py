@@ -15,8 +15,10 @@ Grouped: MatMuls whose left input is the same value and whose right input is a c
 2-D float weight read by nothing else (a weight shared with another node stays where it
 is: packing would copy it). A member's bias is taken along only when every member has
 a constant 1-D one; otherwise biases stay as they were, after the Split.
-Requires: nothing. Ensures: the same outputs, fewer kernels. ONNX Runtime targets only
-(ONNX's Split with sizes is standard; the gain is in launch overhead).
+Requires: opset 13 or later (Split takes its sizes as an input from 13). Ensures: the
+same interface and no more weight entries than before (a pack moves weights, never copies
+them). ONNX Runtime targets only (ONNX's Split with sizes is standard; the gain is in
+launch overhead).
 """
 
 from collections import defaultdict
@@ -24,6 +26,7 @@ from collections import defaultdict
 import numpy as np
 import onnx_ir as ir
 
+from .contracts import ContractPass, postcondition, precondition
 from .fuse_attention import take_over
 from .strip_pruned import add_initializer, bias_add, remove_unused
 
@@ -67,10 +70,31 @@ def shareable_groups(models: list[ir.Model]) -> set[tuple[str, ...]]:
             if all(group in groups[i] for i, names in enumerate(readers) if names & set(group))}
 
 
-class PackProjectionsPass(ir.passes.InPlacePass):
+def weight_entries(model: ir.Model) -> int:
+    """Entries of the graph's float weight matrices."""
+    return sum(int(np.prod(v.const_value.shape.numpy())) for v in model.graph.initializers.values()
+               if v.const_value is not None and len(v.const_value.shape) == 2 and v.const_value.dtype == ir.DataType.FLOAT)
+
+
+class PackProjectionsPass(ContractPass):
     def __init__(self, allowed: set[tuple[str, ...]] | None = None):
         super().__init__()
         self.allowed = allowed  # None: every group (a graph on its own)
+        self._entries: dict[int, int] = {}
+
+    def requires(self, model: ir.Model) -> None:
+        super().requires(model)
+        opset = model.opset_imports.get("", 0)
+        if opset < 13:
+            raise precondition(f"the graph is at opset {opset}; the packs' Split takes its sizes as an input from opset 13",
+                               "export the graph with edgeseq (opset 18)")
+        self._entries[id(model)] = weight_entries(model)
+
+    def ensures(self, model: ir.Model) -> None:
+        super().ensures(model)
+        before, after = self._entries.pop(id(model), None), weight_entries(model)
+        if before is not None and after > before:
+            raise postcondition(f"packing grew the weights from {before} to {after} entries (a pack copied a weight)")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -79,6 +103,10 @@ class PackProjectionsPass(ir.passes.InPlacePass):
             if self.allowed is None or _names(members) in self.allowed:
                 self._pack(graph, members, packed)
                 packed += 1
+            else:
+                self.decline(members[0][0], f"its weights ({', '.join(_names(members))}) are read by another graph "
+                                            "that does not pack them alike; packing would store them twice")
+        self.count(packed)
         if packed:
             remove_unused(model)
         return ir.passes.PassResult(model, bool(packed))

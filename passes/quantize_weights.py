@@ -18,13 +18,15 @@ Only MatMuls whose right operand is a constant 2-D float matrix with at least
 attention over the caches and position biases stay fp32. Symmetric per-column scales
 (zero points 0), 7 bits of range (see WEIGHT_MAX). A weight read by several MatMuls is quantized once and stays shared.
 A family may keep named weights fp32 (`keep_fp32`, fragments of the weight's name).
-Requires: nothing. Ensures: fewer weight bytes per token, outputs within int8 rounding.
-ONNX Runtime CPU only; `compile --precision int8` runs it after the family's passes.
+Requires: no int8 MatMul in the graph yet (the pass runs once). Ensures: the same
+interface, and no fp32 weight MatMul left that qualifies (outputs within int8 rounding:
+the compile's parity check). ONNX Runtime CPU only; `compile --precision int8` runs it last.
 """
 
 import numpy as np
 import onnx_ir as ir
 
+from .contracts import ContractPass, postcondition, precondition
 from .fuse_attention import MS_DOMAIN, take_over
 from .strip_pruned import add_initializer, bias_add, remove_unused
 
@@ -53,24 +55,54 @@ def _bias_after(matmul: ir.Node, columns: int) -> tuple[ir.Node | None, list[ir.
     return found[0], [found[1]]
 
 
-class QuantizeWeightsPass(ir.passes.InPlacePass):
+def _float_weight(node: ir.Node) -> tuple[ir.Value, ir.TensorProtocol] | None:
+    """(weight, tensor) of a MatMul by a constant 2-D float matrix, else None."""
+    weight = node.inputs[1] if node.op_type == "MatMul" and len(node.inputs) == 2 else None
+    tensor = ir.convenience.get_const_tensor(weight) if weight is not None else None
+    if tensor is None or len(tensor.shape) != 2 or tensor.dtype != ir.DataType.FLOAT:
+        return None
+    return weight, tensor
+
+
+class QuantizeWeightsPass(ContractPass):
     def __init__(self, min_elements: int = MIN_ELEMENTS, keep_fp32: tuple[str, ...] = ()):
         super().__init__()
         self.min_elements = min_elements
         self.keep_fp32 = keep_fp32
+
+    def why_kept(self, weight: ir.Value, tensor) -> str | None:
+        """Why a float weight matrix stays fp32, or None when it is quantized."""
+        entries = int(np.prod(tensor.shape.numpy()))
+        if entries < self.min_elements:
+            return f"{weight.name} has {entries} entries, under {self.min_elements}: int8 would not pay"
+        fragment = next((f for f in self.keep_fp32 if f in (weight.name or "")), None)
+        return f"the family keeps weights named *{fragment}* fp32 (its int8 bounds)" if fragment else None
+
+    def requires(self, model: ir.Model) -> None:
+        super().requires(model)
+        done = [n.name for n in model.graph if n.op_type == "DynamicQuantizeMatMul"]
+        if done:
+            raise precondition(f"the graph has int8 MatMuls already ({', '.join(done[:3])}); the pass runs once",
+                               "quantize the fp32 graph")
+
+    def ensures(self, model: ir.Model) -> None:
+        super().ensures(model)
+        left = [n.name for n in model.graph if (w := _float_weight(n)) is not None and self.why_kept(*w) is None]
+        if left:
+            raise postcondition(f"fp32 weight MatMuls left that qualify for int8: {', '.join(left[:3])}")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         shared: dict[int, tuple[ir.Value, ir.Value, ir.Value]] = {}  # weight value id -> its int8 inputs
         changed = 0
         for node in list(graph):
-            weight = node.inputs[1] if node.op_type == "MatMul" and len(node.inputs) == 2 else None
-            tensor = ir.convenience.get_const_tensor(weight) if weight is not None else None
-            if tensor is None or len(tensor.shape) != 2 or tensor.dtype != ir.DataType.FLOAT:
+            found = _float_weight(node)
+            if found is None:
                 continue
-            if int(np.prod(tensor.shape.numpy())) < self.min_elements:
-                continue
-            if any(fragment in (weight.name or "") for fragment in self.keep_fp32):
+            weight, tensor = found
+            why_kept = self.why_kept(weight, tensor)
+            if why_kept:
+                self.decline(node, why_kept)
                 continue
             if id(weight) not in shared:
                 shared[id(weight)] = self._initializers(graph, weight.name or f"w{changed}", tensor.numpy())
@@ -80,6 +112,7 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             graph.insert_after(bias_add or node, quantized)
             take_over(graph, (bias_add or node).outputs[0], quantized.outputs[0])
             changed += 1
+        self.count(changed)
         if changed:
             model.opset_imports.setdefault(MS_DOMAIN, 1)
             remove_unused(model)  # the fp32 weights, now int8

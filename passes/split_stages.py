@@ -22,6 +22,8 @@ from onnx_ir.passes import common
 
 from edgeseq.errors import PassError
 
+from .contracts import postcondition, precondition
+
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 # ops whose output depends on their input's shape only: reading a cache's length through
 # them moves no data between stacks (every cache exists before the step starts)
@@ -53,9 +55,9 @@ class SplitResult(ir.passes.PassResult):
 
 
 class SplitStagesPass(ir.passes.PassBase):
-    """Requires: a single-step graph exported with name scopes, `n_stacks` stacks tagged.
-    Ensures: `stages[k]` computes exactly the graph outputs stack k produces, from the
-    graph inputs it reads; no stage computes another stack's nodes."""
+    """Requires: a single-step graph exported with name scopes, exactly stacks 0..n_stacks-1
+    tagged. Ensures: `stages[k]` computes exactly the graph outputs stack k produces, and
+    together the stages compute every output of the step once; the step is untouched."""
 
     # the input model is returned untouched; the stages are new models beside it
     in_place = True
@@ -68,21 +70,32 @@ class SplitStagesPass(ir.passes.PassBase):
         # graph output -> the stack it belongs to, where declared (shared-weight stacks compute
         # identical first-layer keys; the exporter merges them and tags the node with one stack)
         self.output_owner = output_owner or {}
+        self.stages: list[ir.Model] = []  # of the last call, for ensures
 
-    def call(self, model: ir.Model) -> SplitResult:
-        nodes = list(model.graph)
-        tags = {id(n): stack_of(n) for n in nodes}
-        found = sorted({t for t in tags.values() if t is not None})
+    def requires(self, model: ir.Model) -> None:
+        found = sorted({t for t in (stack_of(n) for n in model.graph) if t is not None})
         if not found:
-            raise PassError(
+            raise precondition(
                 "the graph is not a StagFormer step: no node carries a `stacks.k` name scope",
                 "split only the `step` graph that the StagFormer exporter traces (with its metadata kept)",
             )
         if found != list(range(self.n_stacks)):
-            raise PassError(
+            raise precondition(
                 f"the graph has stacks {found} but the config says n_stacks={self.n_stacks}",
                 "compile the checkpoint this graph was exported from, or fix n_stacks in its config.json",
             )
+
+    def ensures(self, model: ir.Model) -> None:
+        wanted = sorted(v.name for v in model.graph.outputs)
+        produced = sorted(v.name for stage in self.stages for v in stage.graph.outputs)
+        if len(self.stages) != self.n_stacks or produced != wanted:
+            raise postcondition(f"{len(self.stages)} stages computing {produced[:4]}..., not {self.n_stacks} "
+                                f"computing the step's outputs {wanted[:4]}... once each")
+
+    def call(self, model: ir.Model) -> SplitResult:
+        nodes = list(model.graph)
+        tags = {id(n): stack_of(n) for n in nodes}
+        found = list(range(self.n_stacks))  # requires() checked the tags
         outputs_of: dict[int, list[ir.Value]] = {k: [] for k in found}
         for out in model.graph.outputs:
             producer = out.producer()
@@ -95,8 +108,8 @@ class SplitStagesPass(ir.passes.PassBase):
             outputs_of[stack].append(out)
         for k in found:
             self._check_independent(k, outputs_of[k], tags)
-        stages = [self._extract(model, k, [v.name for v in outputs_of[k]]) for k in found]
-        return SplitResult(model, modified=False, stages=stages)
+        self.stages = [self._extract(model, k, [v.name for v in outputs_of[k]]) for k in found]
+        return SplitResult(model, modified=False, stages=self.stages)
 
     @staticmethod
     def _slice_inputs(start: list[ir.Value], stop) -> tuple[set[str], list[tuple[ir.Node, ir.Value]]]:

@@ -16,8 +16,10 @@ optionally the hidden dims to keep and every (initializer, axis) that carries th
   average over the kept dims, as the materialised NASH model does.
 
 Requires: initializers named as in the plan (names absent from a graph are skipped, so
-one plan serves the encoder and the decoder step). Ensures: fewer parameters, no work
-for removed units, and the same outputs as the folded model.
+one plan serves the encoder and the decoder step), at their unpruned widths, and kept
+indices inside them. Ensures: no input or output that was not there before (removed
+units' caches leave), each kept attention's query projection as wide as its kept heads,
+and (the compile's parity check) the same outputs as the folded model.
 """
 
 from typing import Any
@@ -27,6 +29,8 @@ import onnx_ir as ir
 from onnx_ir.passes import common
 
 from edgeseq.errors import PassError
+
+from .contracts import ContractPass, postcondition, precondition
 
 
 def _slice(value: ir.Value, index: list[int], axis: int) -> None:
@@ -97,10 +101,49 @@ def _only_consumer(value: ir.Value, op: str | None, unit: str) -> ir.Node:
     return node
 
 
-class StripPrunedUnitsPass(ir.passes.InPlacePass):
+def _width(graph: ir.Graph, name: str, axis: int) -> int | None:
+    value = graph.initializers.get(name)
+    return value.const_value.shape[axis] if value is not None and value.const_value is not None else None
+
+
+class StripPrunedUnitsPass(ContractPass):
+    keeps_interface = False  # removed units' caches leave the graph (checked in ensures)
+
     def __init__(self, plan: dict[str, Any]):
         super().__init__()
         self.plan = plan
+        self._io: dict[int, set[str]] = {}
+
+    def requires(self, model: ir.Model) -> None:
+        super().requires(model)
+        graph = model.graph
+        for unit in self.plan.get("attention", []):
+            width, full = _width(graph, unit["head_columns"][0], 1), unit["heads"] * unit["head_dim"]
+            if width is not None and width != full:
+                raise precondition(f"{unit['unit']}: the query projection is {width} wide, not {unit['heads']} heads "
+                                   f"of {unit['head_dim']}: the graph is stripped already or the plan is another model's",
+                                   "strip the graph the plan was made from, once")
+            if any(not 0 <= h < unit["heads"] for h in unit["kept"]):
+                raise precondition(f"{unit['unit']}: kept heads {unit['kept']} outside 0..{unit['heads'] - 1}")
+        for unit in self.plan.get("ffn", []):
+            width = _width(graph, unit["rows"], 0)
+            if width is not None and (width != unit["size"] or any(not 0 <= i < width for i in unit["kept"])):
+                raise precondition(f"{unit['unit']}: the FFN is {width} wide, the plan says {unit['size']} "
+                                   f"(kept up to {max(unit['kept'], default=-1)})", "strip the graph the plan was made from, once")
+        self._io[id(model)] = {v.name for v in [*graph.inputs, *graph.outputs]}
+
+    def ensures(self, model: ir.Model) -> None:
+        super().ensures(model)
+        graph = model.graph
+        before = self._io.pop(id(model), None)
+        new = sorted({v.name for v in [*graph.inputs, *graph.outputs]} - before) if before is not None else []
+        if new:
+            raise postcondition(f"the strip added graph inputs or outputs: {', '.join(new[:3])}")
+        for unit in self.plan.get("attention", []):
+            width = _width(graph, unit["head_columns"][0], 1)
+            if width is not None and unit["kept"] and width != len(unit["kept"]) * unit["head_dim"]:
+                raise postcondition(f"{unit['unit']}: the query projection is {width} wide after the strip, "
+                                    f"not {len(unit['kept'])} kept heads of {unit['head_dim']}")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -109,9 +152,11 @@ class StripPrunedUnitsPass(ir.passes.InPlacePass):
         modified = False
         for unit in self.plan.get("attention", []):
             if len(unit["kept"]) < unit["heads"]:
+                self.count(int(unit["head_rows"] in self.inits or unit["head_columns"][0] in self.inits))
                 modified |= self._strip_attention(graph, unit)
         for unit in self.plan.get("ffn", []):
             if len(unit["kept"]) < unit["size"]:
+                self.count(int(unit["rows"] in self.inits))
                 modified |= self._strip_ffn(unit)
         hidden = self.plan.get("hidden")
         if hidden and len(hidden["kept"]) < hidden["size"]:

@@ -9,13 +9,15 @@ split the heads. At batch 1 a step runs four such Transposes per attention.
 A Transpose qualifies when its input's rank and sizes are known, the axes that are not
 statically 1 keep their relative order, and at most one dim is not a known integer (it
 becomes the target's -1). Then any Reshape of a Reshape becomes one.
-Requires: value shapes (the exporter records them). Ensures: the same outputs.
+Requires: the graph's inputs have shapes (the exporter records every value's). Ensures:
+the same interface, and no Transpose left that could be a Reshape.
 """
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common
 
+from .contracts import ContractPass, postcondition, precondition
 from .fuse_attention import take_over
 from .strip_pruned import add_initializer
 
@@ -46,19 +48,41 @@ def _merge_reshapes(graph: ir.Graph) -> int:
     return merged
 
 
-class TransposeAsReshapePass(ir.passes.InPlacePass):
+def _transposes(graph: ir.Graph):
+    return [n for n in graph if n.op_type == "Transpose" and n.domain in ("", "ai.onnx")]
+
+
+def _as_reshape(node: ir.Node) -> tuple[list[int] | None, str]:
+    """(the Reshape target this Transpose equals, or None and why not)."""
+    shape = node.inputs[0].shape
+    perm = node.attributes.get("perm")
+    if shape is None or perm is None or len(perm.as_ints()) != len(shape):
+        return None, "its input's rank is unknown"
+    target = _reshape_target(shape, list(perm.as_ints()))
+    return target, "" if target else f"it moves data (perm {list(perm.as_ints())} of shape {shape})"
+
+
+class TransposeAsReshapePass(ContractPass):
+    def requires(self, model: ir.Model) -> None:
+        super().requires(model)
+        unshaped = [v.name for v in model.graph.inputs if v.shape is None]
+        if unshaped:
+            raise precondition(f"graph inputs without a shape: {', '.join(unshaped[:3])}",
+                               "export the graph with edgeseq (the exporter records every value's shape)")
+
+    def ensures(self, model: ir.Model) -> None:
+        super().ensures(model)
+        left = [n.name for n in _transposes(model.graph) if _as_reshape(n)[0] is not None]
+        if left:
+            raise postcondition(f"Transposes that move no data are left: {', '.join(left[:3])}")
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         changed = 0
-        for node in list(graph):
-            if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx"):
-                continue
-            shape = node.inputs[0].shape
-            perm = node.attributes.get("perm")
-            if shape is None or perm is None or len(perm.as_ints()) != len(shape):
-                continue
-            target = _reshape_target(shape, list(perm.as_ints()))
+        for node in _transposes(graph):
+            target, why_not = _as_reshape(node)
             if target is None:
+                self.decline(node, why_not)
                 continue
             target_value = add_initializer(graph, f"{node.name or 'transpose'}.as_reshape.{changed}",
                                            np.array(target, dtype=np.int64))
@@ -69,6 +93,7 @@ class TransposeAsReshapePass(ir.passes.InPlacePass):
             graph.remove(node, safe=True)
             changed += 1
         changed += _merge_reshapes(graph)
+        self.count(changed)
         if changed:
             common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, bool(changed))

@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import torch
-from edgeseq.models.checkpoint import make_config, save_checkpoint
+from edgeseq.models.checkpoint import make_config, native_record, save_checkpoint
 from edgeseq.models.pasta import PastaCorpus, held_out_report, pasta_loss
 from edgeseq.models.pasta_task import pasta_examples, pasta_examples_per_k
-from edgeseq.models.registry import family_spec
 from edgeseq.models.training import Converged, train
 
 VALIDATION_SEED, HELD_OUT_SEED = 77_777, 123_456
@@ -48,7 +47,7 @@ def main() -> None:
     corpus = PastaCorpus()
     config = make_config("pasta", "tiny", {"vocab_size": corpus.vocab_size, "n_stacks": args.stacks})
     torch.manual_seed(args.seed)
-    model = family_spec("pasta").model_class(config)
+    model = native_record("pasta").model_class(config)
     validation = validation_split()
     start = time.time()
 

@@ -58,6 +58,13 @@ def pasta_model(seed: int = 0, **overrides) -> StagFormerModel:
     return StagFormerModel(config).eval()
 
 
+def declared_atol(family: str) -> float:
+    """The fp32 logit bound the family's exporter declares (what the tests hold it to)."""
+    from edgeseq.families import family as family_record
+
+    return family_record(family).exporter().bounds("fp32").atol
+
+
 class ArtifactCache:
     """Compile each distinct (family, config, seed, split, precision) once per session; tests share the folders."""
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from edgeseq.models import pasta_task as T
-from edgeseq.models.checkpoint import make_config
+from edgeseq.models.checkpoint import make_config, native_record
 from edgeseq.models.pasta import (
     TAGS,
     Budgets,
@@ -15,7 +15,6 @@ from edgeseq.models.pasta import (
     masked_logits,
     pasta_loss,
 )
-from edgeseq.models.registry import family_spec
 from edgeseq.models.tasks import pasta_examples
 from edgeseq.runtimes.pasta_layout import pasta_layout
 
@@ -24,7 +23,7 @@ def tiny(stacks: int):
     torch.manual_seed(0)
     config = make_config("stagformer", "tiny", {"vocab_size": T.PastaTask().vocab_size, "max_positions": 192,
                                                 "n_layers": 2 * stacks, "n_stacks": stacks})
-    return family_spec("stagformer").model_class(config).eval()
+    return native_record("stagformer").model_class(config).eval()
 
 
 @pytest.mark.parametrize("stacks", [1, 2])

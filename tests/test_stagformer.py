@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from conftest import stagformer_model
+from conftest import declared_atol, stagformer_model
 from edgeseq.exporters import GraphSpec, TensorSpec, exporter_for
 from edgeseq.exporters.base import export_graph
 from edgeseq.models.checkpoint import load_checkpoint, make_config
@@ -15,7 +15,7 @@ from edgeseq.runtimes import load, read_artifact
 from edgeseq.errors import ConfigError, PassError
 from edgeseq.parity import decoder_only_parity
 
-ATOL = 1e-4
+ATOL = declared_atol("stagformer")
 CASES = [[1], [6], [40], [1, 17, 9]]  # prompt lengths; the last is one left-padded batch
 
 GRID = {

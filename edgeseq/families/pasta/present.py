@@ -1,4 +1,4 @@
-"""What `edgeseq inspect` and `bench` print for a PASTA artifact (the family registry's hooks)."""
+"""What `edgeseq inspect` and `bench` print for a PASTA artifact (its record's hooks)."""
 
 from rich.console import Console
 from rich.table import Table
@@ -18,8 +18,9 @@ def print_pasta_bench(console: Console, report: dict) -> None:
     )
 
 
-def print_pasta_section(console: Console, section: dict) -> None:
+def print_pasta_section(console: Console, info: dict) -> None:
     """`inspect`: the tag ids and the vocabulary's size."""
+    section = info["pasta"]
     tags = ", ".join(f"{name}={token}" for name, token in section["tags"].items())
     console.print(f"PASTA tags: {tags}", markup=False, highlight=False)
     vocabulary = section.get("vocabulary") or {}
