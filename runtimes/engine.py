@@ -247,6 +247,12 @@ class Engine:
         child.position = parent.position
         child.next_token = parent.next_token
 
+    def reorder(self, source: Row, target: Row) -> None:
+        """`target`'s row becomes a copy of `source`'s in place (a beam takes another's history)."""
+        self.cache.copy_row(source.slot, target.slot)
+        target.position = source.position
+        target.next_token = source.next_token
+
     def splice(self, into: Row, source: Row, start: int, end: int) -> None:
         """Append `source`'s cache slots start..end-1 to `into`'s cache (visible next step)."""
         self.cache.splice(into.slot, source.slot, start, end)

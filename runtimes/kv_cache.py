@@ -9,6 +9,7 @@ share a step. Buffers grow in blocks (positions, source length and rows each dou
 full): a copy per doubling, never per step.
 
 Rows are forked (a new row gets a copy of another's cache prefix: no recomputed prefix),
+copied in place (a beam reorder: row b becomes row a),
 spliced (a cache segment of one row, or one copied aside earlier, appended to another's
 and made visible), swapped (so the rows a step runs come first) and released (the last
 row moves into the freed slot so the active rows stay contiguous).
@@ -149,6 +150,19 @@ class CacheManager:
                 buffer[new] = buffer[slot] if state is None else state[name]
         self.lengths[new] = length
         return new
+
+    def copy_row(self, source: int, target: int) -> None:
+        """Row `target` becomes a copy of row `source` in place (its caches up to its length,
+        its handoffs and length): a beam reorder. Both rows must be one request's, whose
+        encoder outputs are the same and so are not copied."""
+        length = int(self.lengths[source])
+        for name, spec in self.specs.items():
+            buffer = self.buffers[name]
+            if spec.role == "cache":
+                buffer[target, :, : length - spec.lag] = buffer[source, :, : length - spec.lag]
+            elif spec.role != "encoder_output":
+                buffer[target] = buffer[source]
+        self.lengths[target] = length
 
     def segment(self, slot: int, start: int, end: int) -> dict[str, np.ndarray]:
         """A copy of row `slot`'s cache slots start..end-1, every cache buffer. A lagging

@@ -48,8 +48,9 @@ class Scheduler:
         self.closed = False
         self.steps = 0  # batched steps run, and rows over them: their ratio is the mean batch size
         self.rows_stepped = 0
-        self.forks = 0  # rows forked from another row's cache, and segments spliced onto a row
-        self.splices = 0
+        self.forks = 0  # rows forked from another row's cache, segments spliced onto a row, rows
+        self.splices = 0  # copied into another of their request's in place (beam reorders)
+        self.reorders = 0
         # called with the batch size after every decode step, on the scheduler thread (a
         # server's metrics); an observer must be quick and must not raise
         self.step_observers: list[Callable[[int], None]] = []
@@ -106,6 +107,10 @@ class Scheduler:
         child.request.held += 1
         self.forks += 1
         return True
+
+    def reorder(self, source: Row, target: Row) -> None:
+        self.engine.reorder(source, target)
+        self.reorders += 1
 
     def release(self, row: Row) -> None:
         if row.slot is not None:

@@ -9,8 +9,8 @@ The scheduler (runtimes/scheduler.py) runs every policy the same way and knows n
   a fork that finds no free row returns False and the policy tries again next step);
 - `stepped(ops, rows, logits)`: after the step, what its stepped rows chose;
 - `done` / `result()`: whether every row has ended, and the request's output rows.
-`reserve` rows are held for the request from its admission on (samples: n; PASTA: its
-main thread and one chunk), so a fork under that count always finds a row and no set of
+`reserve` rows are held for the request from its admission on (samples: n; beams:
+num_beams; PASTA: its main thread and one chunk), so a fork under that count always finds a row and no set of
 admitted requests can wait on each other forever.
 
 `RowOps` is what a policy may do to rows; the scheduler implements it over the engine and
@@ -31,6 +31,10 @@ class RowOps(Protocol):
 
     def can_fork(self, request: Request) -> bool:
         """Whether a fork for `request` would find a row now."""
+
+    def reorder(self, source: Row, target: Row) -> None:
+        """`target` (a row of the same request) becomes a copy of `source` in place: caches,
+        position, next token (a beam search's reorder; the encoder outputs are the same)."""
 
     def release(self, row: Row) -> None:
         """Free the row's cache slot (it stays the request's, with its tokens)."""

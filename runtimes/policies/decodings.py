@@ -13,12 +13,17 @@ from edgeseq.errors import GenerateError, LoadError
 from ..artifact import Artifact
 from ..decoding import normalize_input
 from ..pasta_lang import Budgets, PastaTags
+from ..processors import OPTION_NAMES as PROCESSOR_OPTIONS
+from ..processors import ProcessorOptions, Processors
 from ..requests import Request
 from ..sampling import SamplingOptions
+from .beam import BeamOptions, BeamPolicy
 from .pasta import SCHEDULES as PASTA_SCHEDULES
 from .pasta import PastaPolicy
 from .samples import SamplesPolicy
 from .single import SinglePolicy
+
+BEAM_OPTIONS = ("num_beams", "length_penalty", "early_stopping", "num_return_sequences")
 
 DECODINGS: list[type["Decoding"]] = []
 
@@ -43,12 +48,13 @@ def decoding_for(artifact: Artifact) -> "Decoding":
 
 class Decoding:
     """Requests for one loaded artifact. `schedules`: what `load(schedule=)` accepts (the
-    first is the default); `options`: the extra generate/stream keyword arguments it takes."""
+    first is the default); `options`: the extra generate/stream keyword arguments it takes
+    (beam search and the logits processors, by transformers' GenerationConfig names)."""
 
     name = "tokens"
     section: str | None = None
     schedules: tuple[str, ...] = ("concurrent", "sequential", "recurrent")
-    options: tuple[str, ...] = ()
+    options: tuple[str, ...] = (*BEAM_OPTIONS, *PROCESSOR_OPTIONS)
     min_rows = 1
     default_max_new_tokens = 32
     vocabulary: dict[str, int] = {}  # names of token ids, where the artifact has them (shown by the CLI)
@@ -82,13 +88,45 @@ class Decoding:
             raise GenerateError(f"max_new_tokens={max_new_tokens} must be >= 1", "ask for at least one new token")
         self.check_lengths(max(len(r) for r in rows), max_new_tokens)
         stops = frozenset([self.config["eos_token_id"]] if stop_tokens is None else (int(t) for t in stop_tokens))
+        vocab = self.config["vocab_size"]
+        beam = BeamOptions.from_options(options, vocab)
+        processing = ProcessorOptions.from_options(options, vocab)
+        if beam.num_beams > 1:
+            self.check_beam_request(sampling, n, return_logits, streamed)
+        if processing.encoder_no_repeat_ngram_size and self.shape != "encoder_decoder":
+            raise GenerateError("encoder_no_repeat_ngram_size applies to encoder-decoder models, not this decoder-only one",
+                                "use no_repeat_ngram_size")
         deadline = deadline_after(timeout)
         out = []
         for b, row in enumerate(rows):
             request = Request(row, max_new_tokens, stops, sampling, deadline, return_logits, streamed, b * n)
-            request.policy = SinglePolicy(request) if n == 1 else SamplesPolicy(request, n)
+            # what the processors see, as transformers' input_ids: the prompt, or the decoder's start token
+            history = list(row) if self.shape != "encoder_decoder" else [self.config["bos_token_id"]]
+            processors = Processors(processing, stops, len(history), max_new_tokens, row) if processing.active else None
+            if beam.num_beams > 1:
+                request.policy = BeamPolicy(request, beam, processors, history, stops)
+            elif n == 1:
+                request.policy = SinglePolicy(request, processors, history)
+            else:
+                request.policy = SamplesPolicy(request, n, processors, history)
             out.append(request)
         return out
+
+    @staticmethod
+    def check_beam_request(sampling: SamplingOptions, n: int, return_logits: bool, streamed: bool) -> None:
+        """What beam search does not combine with, each refused in one line."""
+        if n > 1:
+            raise GenerateError(f"n={n} samples and num_beams > 1 do not combine",
+                                "ask for num_return_sequences (at most num_beams) instead of n")
+        if sampling.do_sample:
+            raise GenerateError("beam search here is deterministic; do_sample with num_beams > 1 is not offered",
+                                "drop do_sample, or use num_beams=1 to sample")
+        if return_logits:
+            raise GenerateError("return_logits is per row of greedy or sampled decoding, not per beam",
+                                "drop return_logits with num_beams > 1")
+        if streamed:
+            raise GenerateError("a beam search's tokens are known only when it ends; it cannot be streamed",
+                                "use generate for num_beams > 1, or stream with num_beams=1")
 
     def check_lengths(self, longest: int, max_new_tokens: int) -> None:
         limit = self.config.get("max_positions")
@@ -121,7 +159,7 @@ class PastaDecoding(Decoding):
     name = "pasta"
     section = "pasta"
     schedules = PASTA_SCHEDULES
-    options = ("budgets", "schedule", "forced")
+    options = ("budgets", "schedule", "forced", "num_beams")  # num_beams: only 1
     min_rows = 2
 
     def __init__(self, artifact: Artifact):
@@ -143,6 +181,10 @@ class PastaDecoding(Decoding):
         return schedule
 
     def requests(self, rows, max_new_tokens, stop_tokens, sampling, n, return_logits, timeout, streamed, options):
+        if options.get("num_beams", 1) != 1:
+            raise GenerateError("beam search does not apply to a PASTA artifact: its rows are the threads its answer "
+                                "writes", "drop num_beams; use n for several answers")
+        options = {k: v for k, v in options.items() if k != "num_beams"}
         self.check_options(options)
         budgets = options.get("budgets") or Budgets()
         if max_new_tokens is not None:

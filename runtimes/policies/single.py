@@ -1,18 +1,23 @@
 """The `single` policy: one row per request, greedy or seeded sampling, ended by a stop token
-or max_new_tokens. The row is freed the moment it ends, so a waiting request takes it at
-the next step."""
+or max_new_tokens. The logits processors, when asked for, change the raw logits first (as
+transformers' greedy and sampling do). The row is freed the moment it ends, so a waiting
+request takes it at the next step."""
 
 import numpy as np
 
+from ..processors import History, Processors
 from ..requests import Request, Row, RowResult, TokenEvent
 from ..sampling import choose_next
 from .base import Policy, RowOps
 
 
 class SinglePolicy(Policy):
-    def __init__(self, request: Request):
+    def __init__(self, request: Request, processors: Processors | None = None, history: list[int] | None = None):
         self.request = request
+        self.processors = processors
         self.live: list[Row] = [request.new_row(0)]
+        # each row's processor state, by row (forked rows copy their parent's)
+        self.histories: dict[int, History] = {id(self.live[0]): processors.start(history)} if processors else {}
 
     def start(self) -> list[Row]:
         return self.live[:1]
@@ -32,7 +37,13 @@ class SinglePolicy(Policy):
         """The row's next token from its logits [V], by the request's options and the row's RNG."""
         request = self.request
         sampling = request.sampling
-        token = int(logits.argmax()) if not sampling.do_sample else int(choose_next(logits[None], sampling, row.rng)[0])
+        scores = logits
+        if self.processors:
+            history = self.histories[id(row)]
+            scores = self.processors.apply(logits[None].astype(np.float32), [history])[0]
+        token = int(scores.argmax()) if not sampling.do_sample else int(choose_next(scores[None], sampling, row.rng)[0])
+        if self.processors:
+            self.processors.advance(history, token)
         row.tokens.append(token)
         if request.return_logits:
             row.logits.append(logits.copy())

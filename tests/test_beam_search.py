@@ -1,0 +1,109 @@
+"""Beam search and the logits processors against transformers' `generate`, on NASH T5 v1, T5
+v1.1 and BART checkpoints (random weights, soft masks, a head that often says eos so
+hypotheses finish at every length): the same sequences and sequence scores within 1e-4,
+for each `early_stopping`, with two returned sequences. The fast grid takes a few prompts
+per variant; `-m slow` runs 50 each (at most one divergence, at a near-tie)."""
+
+import numpy as np
+import pytest
+import torch
+from edgeseq.models.nash import load_nash
+from edgeseq.models.nash_checkpoints import nash_dims, random_masks, random_model, save_hf_checkpoint
+from edgeseq.pipeline import compile_checkpoint
+from edgeseq.runtimes import load
+from transformers import GenerationConfig
+
+VARIANTS = ("t5-v1", "t5-v1.1", "bart")
+ISSUE_CONFIG = dict(num_beams=4, length_penalty=2.0, no_repeat_ngram_size=3, min_new_tokens=8, repetition_penalty=1.3,
+                    num_return_sequences=2)
+BART_EXTRA = dict(forced_bos_token_id=0, forced_eos_token_id=2)
+MAX_NEW = 24
+SCORE_TOL = 1e-4
+
+
+def eos_prone(model, eos: int):
+    """A head that puts eos near the top often: hypotheses end at many lengths."""
+    with torch.no_grad():
+        if getattr(model, "final_logits_bias", None) is not None:  # BART: logits of a size that
+            model.get_output_embeddings().weight.mul_(10.0)  # depends on the input (init_std 0.02
+            model.final_logits_bias[0, eos] += 6.0  # leaves them flat), and an eos bias
+        else:  # T5: a longer eos row in the head
+            model.get_output_embeddings().weight[eos] *= 4.0
+    return model
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def nash_pair(request, tmp_path_factory):
+    """(variant, the compiled artifact loaded, the transformers model with the masks folded in)."""
+    root = tmp_path_factory.mktemp(f"beam-{request.param}")
+    model = random_model(request.param, "tiny", seed=0)
+    eos_prone(model, model.config.eos_token_id)
+    ckpt = save_hf_checkpoint(model, root / "ckpt", random_masks(nash_dims(model.config), 0.3, seed=1))
+    compile_checkpoint(ckpt, root / "art")
+    with load(root / "art") as runtime:
+        yield request.param, runtime, load_nash(ckpt).reference()
+
+
+def prompts(count: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, vocab, size=int(rng.integers(3, 14))).tolist() for _ in range(count)]
+
+
+def until_eos(tokens: list[int], eos: int) -> list[int]:
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+def transformers_beams(hf, source: list[int], options: dict) -> tuple[list[list[int]], list[float]]:
+    c = hf.config
+    config = GenerationConfig(max_new_tokens=MAX_NEW, decoder_start_token_id=c.decoder_start_token_id,
+                              eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id, do_sample=False,
+                              output_scores=True, return_dict_in_generate=True, **options)
+    with torch.no_grad():
+        out = hf.generate(input_ids=torch.tensor([source]), attention_mask=torch.ones(1, len(source), dtype=torch.long),
+                          generation_config=config)
+    return [until_eos(s.tolist()[1:], c.eos_token_id) for s in out.sequences], out.sequences_scores.tolist()
+
+
+def options_for(variant: str, early_stopping) -> dict:
+    return {**ISSUE_CONFIG, **(BART_EXTRA if variant == "bart" else {}), "early_stopping": early_stopping}
+
+
+def compare(nash_pair, early_stopping, count: int, seed: int = 0) -> list[tuple]:
+    """Per prompt, (prompt, ours, theirs) where they differ; asserts scores where they agree."""
+    variant, runtime, hf = nash_pair
+    options = options_for(variant, early_stopping)
+    differ = []
+    for source in prompts(count, hf.config.vocab_size, seed):
+        theirs, their_scores = transformers_beams(hf, source, options)
+        result = runtime.generate([source], max_new_tokens=MAX_NEW, **options)
+        if result.tokens != theirs:
+            differ.append((source, result.tokens, theirs))
+            continue
+        ours = [row.score for row in result.rows]
+        np.testing.assert_allclose(ours, their_scores, atol=SCORE_TOL, rtol=0)
+    return differ
+
+
+@pytest.mark.parametrize("early_stopping", [True, False, "never"], ids=["true", "false", "never"])
+def test_beams_equal_transformers(nash_pair, early_stopping):
+    assert compare(nash_pair, early_stopping, count=4) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("early_stopping", [True, False, "never"], ids=["true", "false", "never"])
+def test_beams_equal_transformers_on_50_prompts(nash_pair, early_stopping):
+    differ = compare(nash_pair, early_stopping, count=50, seed=1)
+    assert len(differ) <= 1, differ
+
+
+def test_hypotheses_end_at_eos_and_at_the_length_limit(nash_pair):
+    """The grid above means something: finished hypotheses of several lengths, ended by eos
+    and by max_new_tokens, and the eos withheld for min_new_tokens."""
+    variant, runtime, hf = nash_pair
+    reasons, lengths = set(), set()
+    for source in prompts(6, hf.config.vocab_size, seed=3):
+        for row in runtime.generate([source], max_new_tokens=MAX_NEW, **options_for(variant, False)).rows:
+            reasons.add(row.finish_reason)
+            lengths.add(len(row.tokens))
+            assert len(row.tokens) >= ISSUE_CONFIG["min_new_tokens"]
+    assert "stop" in reasons and len(lengths) >= 2, (reasons, lengths)
