@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 import torch
 from edgeseq.models.nash import load_nash
-from edgeseq.models.nash_checkpoints import nash_dims, random_masks, random_model, save_hf_checkpoint
-from edgeseq.pipeline import compile_checkpoint
+from edgeseq.models.nash_checkpoints import (
+    nash_dims,
+    random_masks,
+    random_model,
+    save_hf_checkpoint,
+)
 from edgeseq.runtimes import load
 from transformers import GenerationConfig
+
+from edgeseq.pipeline import compile_checkpoint
 
 VARIANTS = ("t5-v1", "t5-v1.1", "bart")
 ISSUE_CONFIG = dict(num_beams=4, length_penalty=2.0, no_repeat_ngram_size=3, min_new_tokens=8, repetition_penalty=1.3,
@@ -107,3 +113,31 @@ def test_hypotheses_end_at_eos_and_at_the_length_limit(nash_pair):
             lengths.add(len(row.tokens))
             assert len(row.tokens) >= ISSUE_CONFIG["min_new_tokens"]
     assert "stop" in reasons and len(lengths) >= 2, (reasons, lengths)
+
+
+# ----- the processors alone: greedy (and sampling's filters) as transformers' generate -----------------
+GREEDY_PROCESSORS = dict(repetition_penalty=1.3, no_repeat_ngram_size=2, min_new_tokens=5, suppress_tokens=[7, 8],
+                         begin_suppress_tokens=[9, 10], bad_words_ids=[[11], [12, 13]])
+
+
+def transformers_greedy(hf, source: list[int], options: dict) -> list[int]:
+    c = hf.config
+    config = GenerationConfig(max_new_tokens=MAX_NEW, decoder_start_token_id=c.decoder_start_token_id,
+                              eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id, do_sample=False, num_beams=1,
+                              **options)
+    with torch.no_grad():
+        out = hf.generate(input_ids=torch.tensor([source]), attention_mask=torch.ones(1, len(source), dtype=torch.long),
+                          generation_config=config)
+    return until_eos(out[0].tolist()[1:], c.eos_token_id)
+
+
+def test_greedy_with_every_processor_equals_transformers(nash_pair):
+    variant, runtime, hf = nash_pair
+    options = {**GREEDY_PROCESSORS, **(BART_EXTRA if variant == "bart" else {})}
+    plain_differs = False
+    for source in prompts(4, hf.config.vocab_size, seed=5):
+        ours = runtime.generate([source], max_new_tokens=MAX_NEW, **options).tokens[0]
+        assert ours == transformers_greedy(hf, source, options), source
+        assert not {7, 8, 11} & set(ours) and ours[0] not in (9, 10) and len(ours) >= 5
+        plain_differs |= runtime.generate([source], max_new_tokens=MAX_NEW).tokens[0] != ours
+    assert plain_differs  # the processors changed something

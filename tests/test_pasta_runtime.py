@@ -147,6 +147,11 @@ def test_bad_requests_are_refused_with_the_fix(pasta_compiled):
         runtime.generate([[40, T.BOS]], forced=[[T.EOS], [T.EOS]])
     with pytest.raises(GenerateError, match="unknown PASTA schedule 'concurrent'"):
         runtime.generate([[40, T.BOS]], schedule="concurrent")
+    with pytest.raises(GenerateError, match="beam search does not apply to a PASTA artifact") as caught:
+        runtime.generate([[40, T.BOS]], num_beams=4)
+    assert "use n for several answers" in caught.value.fix
+    with pytest.raises(GenerateError, match="option 'repetition_penalty' is not one this artifact's decoding"):
+        runtime.generate([[40, T.BOS]], repetition_penalty=1.2)
 
 
 def test_what_a_pasta_artifact_cannot_do_is_refused(artifacts, tmp_path):
