@@ -139,7 +139,8 @@ class OrtEngine(Engine):
         self.model = load(path, threads=threads, schedule=schedule)
         # prefill: RED's encoder, or a decoder-only model's prompt pass
         self.encode = self.model.encode
-        self.generate = lambda rows, n: self.model.generate(rows, max_new_tokens=n, stop_tokens=[])
+        self.generate = lambda rows, n: self.model.generate(rows, max_new_tokens=n, stop_tokens=[],
+                                                                  use_generation_defaults=False)
 
 
 class TorchEngine(Engine):

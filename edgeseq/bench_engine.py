@@ -88,7 +88,7 @@ def concurrency_report(path: str | Path, clients: int = 16, threads: int | None 
                        on_progress=None) -> dict[str, Any]:
     with load(path, threads=threads, max_batch=clients) as model:
         reqs = client_requests(model.config, clients)
-        calls = [lambda r=r: model.generate([r[0]], r[1], stop_tokens=[]) for r in reqs]
+        calls = [lambda r=r: model.generate([r[0]], r[1], stop_tokens=[], use_generation_defaults=False) for r in reqs]
         report = together_vs_alone(model, calls, sum(n for _, n in reqs), rounds, on_progress)
     return {"clients": clients, "requests": [{"prompt_tokens": len(p), "max_new_tokens": n} for p, n in reqs], **report}
 

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeseq import __version__
+from edgeseq.decoding_cli import decoding_options, decoding_values
 from edgeseq.errors import BuildError, EdgeseqError, GenerateError
 from edgeseq.extras import require
 
@@ -110,9 +111,11 @@ def init(family, out, preset, sets, seed, force, as_json):
 @click.option("--split/--no-split", default=True, show_default=True, help="StagFormer: one graph per stack (--no-split keeps one step graph).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--explain", is_flag=True, help="List per graph pass what it rewrote and each candidate it declined, with why.")
+@click.option("--task", default=None, help="Take the checkpoint's task_specific_params[TASK] (e.g. summarization) as the "
+              "artifact's default decoding, its prefix for --text input.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @handle_errors
-def compile_cmd(checkpoint, out, target, precision, verify, split, force, explain, as_json):
+def compile_cmd(checkpoint, out, target, precision, verify, split, force, explain, task, as_json):
     """Export CHECKPOINT to ONNX, run the graph passes, write an artifact, check parity."""
     require("compile", "compile")
     from edgeseq.pipeline import compile_checkpoint
@@ -121,7 +124,7 @@ def compile_cmd(checkpoint, out, target, precision, verify, split, force, explai
     passes: list[dict] = []
     with stage_status(not as_json, f"compiling {checkpoint}") as say:
         manifest = compile_checkpoint(checkpoint, out, target, precision, verify, force, on_stage=say, split=split,
-                                      on_explain=passes.extend)
+                                      on_explain=passes.extend, task=task)
     parity = manifest["parity"]
     if as_json:
         emit_json({"artifact": str(out), "family": manifest["family"], "stats": manifest["stats"], "parity": parity,
@@ -134,6 +137,8 @@ def compile_cmd(checkpoint, out, target, precision, verify, split, force, explai
     out_console.print(f"wrote {manifest['family']} artifact to {out} ({manifest['stats']['weight_bytes'] / 1e6:.2f} MB of weights)")
     if manifest.get("tokenizer"):
         out_console.print(f"tokenizer carried ({manifest['tokenizer']['vocab_size']} tokens): --text works")
+    if manifest.get("generation"):
+        print_generation(manifest["generation"])
     elif hint := tokenizer_hint(checkpoint):
         err_console.print(f"[yellow]note[/] {escape(hint)}", highlight=False, soft_wrap=True)
     if parity:
@@ -141,6 +146,18 @@ def compile_cmd(checkpoint, out, target, precision, verify, split, force, explai
             f"parity vs PyTorch: max |logit diff| {parity['max_abs_logit_diff']:.2e} ({bound_text(parity)}), "
             f"greedy agreement {parity['greedy_token_agreement']:.3f} over {parity['steps']} steps"
         )
+
+
+def print_generation(generation: dict) -> None:
+    """The artifact's default decoding (compile and inspect)."""
+    defaults = ", ".join(f"{k}={v}" for k, v in generation["defaults"].items()) or "none"
+    task = f" + task {generation['task']!r}" if generation.get("task") else ""
+    out_console.print(f"default decoding (from {generation['source']}{task}): {escape(defaults)}", highlight=False)
+    if generation.get("prefix"):
+        out_console.print(f"text prefix: {escape(repr(generation['prefix']))}", highlight=False)
+    if generation.get("ignored"):
+        err_console.print(f"[yellow]note[/] not applied by edgeseq: {escape(', '.join(generation['ignored']))}",
+                          highlight=False)
 
 
 def bound_text(report: dict) -> str:
@@ -166,9 +183,9 @@ def parse_ids(text: str) -> list[int]:
 @click.option("--max-new-tokens", default=None, type=int, help="Default 32 (PASTA: the whole spliced answer, default 160).")
 @click.option("--num-samples", "n", default=1, show_default=True, type=int, help="Completions per prompt (one prefill, forked rows).")
 @click.option("--do-sample", is_flag=True, help="Sample instead of greedy decoding.")
-@click.option("--temperature", default=1.0, show_default=True)
-@click.option("--top-k", default=0, show_default=True, help="0 disables.")
-@click.option("--top-p", default=1.0, show_default=True, help="1.0 disables.")
+@click.option("--temperature", default=None, type=float, help="Default 1.0.")
+@click.option("--top-k", default=None, type=int, help="Default 0 (off).")
+@click.option("--top-p", default=None, type=float, help="Default 1.0 (off).")
 @click.option("--seed", default=None, type=int, help="Sampling seed.")
 @click.option("--stop-token", "stop_tokens", multiple=True, type=int, help="Stop ids (default: the model's eos).")
 @click.option("--target", default="ort-cpu", show_default=True)
@@ -179,11 +196,13 @@ def parse_ids(text: str) -> list[int]:
 @click.option("--low-memory", is_flag=True, help="No weight prepacking: about half the memory, slower at batch > 1.")
 @click.option("--timeline", type=click.Path(path_type=Path), default=None,
               help="PASTA: draw the threads over the steps into this .svg or .png (needs the plot extra).")
+@decoding_options
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def generate(artifact, inputs, texts, max_new_tokens, n, do_sample, temperature, top_k, top_p, seed, stop_tokens, target,
-             threads, schedule, low_memory, timeline, as_json):
-    """Generate tokens from a compiled ARTIFACT."""
+             threads, schedule, low_memory, timeline, as_json, **decoding):
+    """Generate tokens from a compiled ARTIFACT (with its default decoding, where it has one;
+    every decoding option below overrides it for this call)."""
     from edgeseq.generate_output import print_rows, rows_json
     from edgeseq.runtimes import SamplingOptions, load
 
@@ -194,10 +213,12 @@ def generate(artifact, inputs, texts, max_new_tokens, n, do_sample, temperature,
         from edgeseq.timeline import check_timeline_path
 
         check_timeline_path(timeline)
-    sampling = SamplingOptions(do_sample, temperature, top_k, top_p, seed)
+    sampled = do_sample or temperature is not None or top_k is not None or top_p is not None or seed is not None
+    sampling = SamplingOptions(do_sample, temperature or 1.0, top_k or 0, top_p or 1.0, seed) if sampled else None
+    options = decoding_values(decoding)
     with load(artifact, target=target, threads=threads, schedule=schedule, low_memory=low_memory) as model:
-        rows = [model.encode_text(t) for t in texts] if texts else [parse_ids(text) for text in inputs]
-        result = model.generate(rows, max_new_tokens, list(stop_tokens) or None, sampling, n=n)
+        rows = [model.encode_text(model.text_prefix + t) for t in texts] if texts else [parse_ids(text) for text in inputs]
+        result = model.generate(rows, max_new_tokens, list(stop_tokens) or None, sampling, n=n, **options)
         decoded = [model.decode_text(row) for row in result.tokens] if texts else None
         names = {v: k for k, v in model.decoding.vocabulary.items()}
     if timeline is not None:
@@ -278,6 +299,8 @@ def inspect_cmd(artifact, as_json):
             out_console.print(f"  {h['from']}:{h['output']} -> {h['to']}:{h['input']} ({h['when']}); every cache stays with its stage")
     if info["pruning"]:
         print_pruning(info["pruning"])
+    if info["generation"]:
+        print_generation(info["generation"])
     from edgeseq.families import family
 
     record = family(info["family"])

@@ -25,8 +25,10 @@ def print_rows(console: Console, result: GenerateResult, decoded: list[str] | No
     a thread timeline gets its table and a summary line."""
     for i, row in enumerate(result.rows):
         text = decoded[i] if decoded is not None else " ".join(names.get(t, str(t)) for t in row.tokens)
-        console.print(text, markup=False, highlight=False)
         extras = row.extras()
+        if "score" in extras:  # a beam hypothesis: its sequence score, as transformers' sequences_scores
+            text = f"{text}  (score {extras['score']:.4f})"
+        console.print(text, markup=False, highlight=False)
         if "threads" in extras:
             print_threads(console, extras["threads"])
         if "outcome" in extras:

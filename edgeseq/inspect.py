@@ -50,6 +50,8 @@ def inspect_artifact(path: str | Path, verify: bool = True, bandwidth_gb_s: floa
         "total_bytes": sum(f["bytes"] for f in files.values()),
         "tokenizer": m.get("tokenizer"),  # {"file", "vocab_size"} when text works, else None
         "pruning": m.get("pruning"),
+        "generation": m.get("generation"),  # the default decoding, from the checkpoint's generation config
+        "passes": m.get("passes"),
         "pasta": {k: v for k, v in m.get("pasta", {}).items() if k != "bench_prompts"} or None,  # NASH: kept units, parameters and FLOPs before/after stripping
         "parity": {k: parity[k] for k in ("precision", "max_abs_logit_diff", "mean_abs_logit_diff", "top1_agreement",
                                            "greedy_token_agreement", "atol", "bounds", "passed") if k in parity}

@@ -87,7 +87,8 @@ def runtime_runs(runtime, steps: int, seed: int, cases: list[list[int]]):
     rng = np.random.default_rng(seed)
     for lengths in cases:
         rows = [rng.integers(3, runtime.config["vocab_size"], size=n).tolist() for n in lengths]
-        yield lengths, rows, runtime.generate(rows, max_new_tokens=steps, stop_tokens=[], return_logits=True)
+        yield lengths, rows, runtime.generate(rows, max_new_tokens=steps, stop_tokens=[], return_logits=True,
+                                               use_generation_defaults=False)
 
 
 def teacher_forced_parity(

@@ -13,6 +13,7 @@ from edgeseq.build import write_artifact, write_manifest
 from edgeseq.errors import BuildError, CheckpointError, ParityError
 from edgeseq.exporters import export_graphs
 from edgeseq.families import family_of_checkpoint
+from edgeseq.generation_defaults import read_generation
 from edgeseq.passes import compile_pipeline, explain, run_pipeline
 from edgeseq.runtimes import load as load_artifact
 from edgeseq.runtimes.backend import TARGETS, check_target
@@ -50,9 +51,11 @@ def compile_checkpoint(
     on_stage: Callable[[str], None] | None = None,
     split: bool = True,
     on_explain: Callable[[list[dict]], None] | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
     """Compile a checkpoint folder into an artifact folder; returns the manifest. `on_explain`
-    gets the pass pipeline's account (passes.explain) before the artifact is written."""
+    gets the pass pipeline's account (passes.explain) before the artifact is written; `task`
+    takes the checkpoint's task_specific_params[task] as the artifact's default decoding."""
     say = on_stage or (lambda _: None)
     out = Path(out)
     check_build_options(target, precision)
@@ -68,6 +71,9 @@ def compile_checkpoint(
     except ValueError:
         raise BuildError(f"the {family} family does not offer precision {precision!r}", "use --precision fp32") from None
     extras = record.manifest_extras(model)  # before the export: a refused checkpoint fails fast
+    generation = read_generation(checkpoint, task, source.config["vocab_size"])
+    if generation is not None:
+        extras["generation"] = generation
     graphs = export_graphs(model, exporter, on_graph=lambda spec: say(f"exporting {spec.name}"))
     say("running graph passes" + (" (int8 weights last)" if precision == "int8" else ""))
     pipeline = compile_pipeline(record.passes(model, target, split), target, precision, exporter.int8_keep_fp32)

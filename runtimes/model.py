@@ -96,8 +96,8 @@ class LoadedModel(TextMethods):
     # ----- requests -----------------------------------------------------------------------------
     def _requests(self, input_ids, max_new_tokens: int | None, stop_tokens, sampling: SamplingOptions | None, n: int,
                   return_logits: bool, timeout: float | None, streamed: bool, options: dict) -> list[Request]:
-        sampling = sampling or SamplingOptions()
-        sampling.validate()
+        if sampling is not None:
+            sampling.validate()
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise GenerateError(f"n={n!r} must be a whole number >= 1", "ask for n=1 or more completions per prompt")
         rows = normalize_input(input_ids, self.config["vocab_size"])

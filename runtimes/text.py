@@ -66,6 +66,11 @@ class TextMethods:
     def has_tokenizer(self) -> bool:
         return self.codec is not None
 
+    @property
+    def text_prefix(self) -> str:
+        """What text input is prefixed with: the compile's --task prefix ("summarize: "), or nothing."""
+        return (self.artifact.manifest.get("generation") or {}).get("prefix") or ""
+
     def encode_text(self, text: str) -> list[int]:
         """Token ids for `text` through the artifact's tokenizer (GenerateError without one)."""
         if self.codec is None:

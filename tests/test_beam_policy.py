@@ -116,9 +116,11 @@ def test_bad_beam_options_are_one_line_errors(model, options, message):
     assert caught.value.fix
 
 
-def test_beams_cannot_be_streamed(model):
-    with pytest.raises(GenerateError, match="cannot be streamed"):
-        model.stream([3, 4], 5, num_beams=2)
+def test_a_beam_streams_no_tokens_and_ends_with_its_hypotheses(model):
+    """Which hypothesis wins is known at the end: the stream yields nothing, its result holds them."""
+    stream = model.stream([3, 4], 5, stop_tokens=[], num_beams=2, num_return_sequences=2)
+    assert list(stream) == []
+    assert stream.result.tokens == model.generate([[3, 4]], 5, stop_tokens=[], num_beams=2, num_return_sequences=2).tokens
 
 
 def test_top_breaks_ties_toward_the_lower_index():

@@ -101,12 +101,32 @@ def test_stream_sends_generates_tokens_in_order_then_done(url, reference):
     ({"prompt": []}, 400, "empty"),
     ({"prompt": [[5], [6]], "stream": True}, 400, "stream takes one prompt"),
     ({"max_tokens": 3}, 422, "prompt"),
+    ({"prompt": [5], "num_beams": 0}, 400, "num_beams=0 must be a whole number >= 1"),
+    ({"prompt": [5], "num_beams": 2, "n": 3}, 400, "num_return_sequences=3 must be between 1 and num_beams=2"),
+    ({"prompt": [5], "num_beams": 2, "stream": True}, 400, "cannot be streamed"),
+    ({"prompt": [5], "repetition_penalty": -1.0}, 400, "repetition_penalty=-1.0 must be a finite number > 0"),
+    ({"prompt": [5], "bad_words_ids": [[99999]]}, 400, "bad_words_ids holds 99999"),
 ])
 def test_bad_requests_get_json_errors_that_name_the_fix(url, body, status, message):
     r = complete(url, **body)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert message in error["message"] and error["fix"] and error["code"] == status
+
+
+def test_beam_search_and_processors_over_http_equal_generate(url, reference):
+    """Extension fields by transformers' names (vLLM's min_tokens too); `n` hypotheses of a beam
+    search, each with its sequence score."""
+    options = dict(num_beams=3, length_penalty=1.5, no_repeat_ngram_size=2, repetition_penalty=1.2)
+    r = complete(url, prompt=[5, 17, 3, 9], max_tokens=10, stop=[], n=2, min_tokens=4, **options)
+    assert r.status_code == 200, r.text
+    expected = reference.generate([[5, 17, 3, 9]], 10, [], num_return_sequences=2, min_new_tokens=4, **options)
+    choices = r.json()["choices"]
+    assert [c["token_ids"] for c in choices] == expected.tokens
+    assert [c["edgeseq"]["score"] for c in choices] == pytest.approx([row.score for row in expected.rows], abs=1e-6)
+    greedy = complete(url, prompt=[5, 17, 3, 9], max_tokens=10, stop=[], temperature=0, no_repeat_ngram_size=1)
+    assert greedy.json()["choices"][0]["token_ids"] == reference.generate([[5, 17, 3, 9]], 10, [],
+                                                                          no_repeat_ngram_size=1).tokens[0]
 
 
 def test_n_returns_n_choices_equal_generate(url, reference):

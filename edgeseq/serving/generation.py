@@ -8,7 +8,7 @@ shape for every family; prompt b's n completions are rows b*n .. b*n+n-1.
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgeseq.errors import EdgeseqError, GenerateError
 from edgeseq.runtimes import RowResult, SamplingOptions, TokenEvent
@@ -25,11 +25,12 @@ OUTCOMES = {400: "bad_request", 404: "bad_request", 413: "bad_request", 422: "ba
 @dataclass
 class Request:
     rows: list[list[int]]
-    max_tokens: int
+    max_tokens: int | None  # None: the artifact's default length
     stop: list[int] | None  # None: the model's eos
-    sampling: SamplingOptions
+    sampling: SamplingOptions | None  # None: the artifact's default decoding
     started: float  # time.perf_counter() at arrival
     n: int = 1  # completions per prompt
+    decoding: dict = field(default_factory=dict)  # beam search and processor options, by generate()'s names
 
     def stops(self, eos: int) -> set[int]:
         return {eos} if self.stop is None else set(self.stop)
@@ -64,12 +65,27 @@ class Generation:
             raise HTTPProblem(400, f"{prompts} prompts x n={n} is {prompts * n} completions; this server takes at most "
                               f"{self.limits.max_rows} per request", "ask for fewer completions, or split the request")
 
-    def options(self, max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None) -> SamplingOptions:
-        if max_tokens < 1:
+    def max_tokens(self, asked: int | None) -> int | None:
+        """The client's max_tokens; unset, the artifact's default length (None) where its
+        generation config sets one, else OpenAI's 16."""
+        if asked is not None:
+            return asked
+        defaults = self.model.decoding.defaults
+        return None if "max_length" in defaults or "max_new_tokens" in defaults else 16
+
+    def options(self, max_tokens: int | None, temperature: float | None, top_p: float, top_k: int,
+                seed: int | None) -> SamplingOptions | None:
+        """Sampling options from OpenAI's fields; None (the artifact's default decoding) when the
+        client set no temperature and the artifact has defaults, else OpenAI's 1.0."""
+        if max_tokens is not None and max_tokens < 1:
             raise HTTPProblem(400, f"max_tokens={max_tokens} must be >= 1", "ask for at least one token")
-        if max_tokens > self.limits.max_tokens:
+        if max_tokens is not None and max_tokens > self.limits.max_tokens:
             raise HTTPProblem(400, f"max_tokens={max_tokens} is over this server's cap of {self.limits.max_tokens}",
                               f"ask for at most {self.limits.max_tokens} tokens")
+        if temperature is None:
+            if self.model.decoding.defaults:
+                return None
+            temperature = 1.0
         if temperature < 0:
             raise HTTPProblem(400, f"temperature={temperature} must be >= 0", "use 0 for greedy decoding")
         sampling = SamplingOptions(temperature > 0, temperature if temperature > 0 else 1.0, top_k, top_p, seed)
@@ -87,7 +103,7 @@ class Generation:
         try:
             for row in request.rows:
                 streams += self.model.streams(row, request.max_tokens, request.stop, request.sampling, n=request.n,
-                                              timeout=self.limits.timeout_s)
+                                              timeout=self.limits.timeout_s, **request.decoding)
         except EdgeseqError as e:
             for stream in streams:
                 stream.close()

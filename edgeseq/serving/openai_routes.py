@@ -1,7 +1,13 @@
 """OpenAI-style `POST /v1/completions`: ids or text in, ids (and text) out, optionally streamed.
 
-`temperature: 0` is greedy; above 0 samples with `top_p`, `top_k` and `seed`. `stop` is a
-list of token ids (default: the model's eos). The generated ids are in
+`temperature: 0` is greedy; above 0 samples with `top_p`, `top_k` and `seed`; unset, the
+artifact's default decoding applies (its checkpoint's generation config), or sampling at 1.0
+where it has none (OpenAI's default). Beam search and the logits processors are extension
+fields by transformers' names (`num_beams`, `length_penalty`, `early_stopping`,
+`repetition_penalty`, `no_repeat_ngram_size`, `min_new_tokens` or vLLM's `min_tokens`, ...);
+with `num_beams` > 1, `n` hypotheses come back (at most num_beams), each with its score in
+`edgeseq.score`, and the request cannot be streamed. `stop` is a list of token ids (default:
+the model's eos). The generated ids are in
 `choices[i].token_ids`, the text in `choices[i].text` when the artifact has a tokenizer.
 `stream: true` sends one server-sent event per token and ends with `data: [DONE]`; a
 client that goes away mid-stream has every row of its request dropped at the next step.
@@ -36,14 +42,42 @@ class CompletionRequest(BaseModel):
 
     model: str | None = None
     prompt: str | list[int] | list[str] | list[list[int]]
-    max_tokens: int = 16
-    temperature: float = 1.0
+    max_tokens: int | None = None  # unset: the artifact's default length, or OpenAI's 16
+    temperature: float | None = None
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
     stop: list[int] | int | None = Field(None, description="stop token ids (default: the model's eos)")
     stream: bool = False
     n: int = 1
+    # extension fields (transformers' GenerationConfig names; vLLM's min_tokens): unset ones
+    # leave the artifact's default decoding as it is
+    num_beams: int | None = None
+    length_penalty: float | None = None
+    early_stopping: bool | str | None = None
+    repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    encoder_no_repeat_ngram_size: int | None = None
+    min_length: int | None = None
+    min_new_tokens: int | None = None
+    min_tokens: int | None = None
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | None = None
+    bad_words_ids: list[list[int]] | None = None
+    suppress_tokens: list[int] | None = None
+    begin_suppress_tokens: list[int] | None = None
+
+    def decoding(self) -> dict:
+        """The extension fields the client set, as generate() takes them (`n` hypotheses of a beam search)."""
+        names = ("num_beams", "length_penalty", "early_stopping", "repetition_penalty", "no_repeat_ngram_size",
+                 "encoder_no_repeat_ngram_size", "min_length", "min_new_tokens", "forced_bos_token_id",
+                 "forced_eos_token_id", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens")
+        out = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        if self.min_tokens is not None and "min_new_tokens" not in out:
+            out["min_new_tokens"] = self.min_tokens
+        if out.get("num_beams", 1) > 1:
+            out["num_return_sequences"] = self.n
+        return out
 
 
 def completion_router(generation: Generation, name: str) -> APIRouter:
@@ -64,9 +98,13 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
             raise HTTPProblem(404, f"model {body.model!r} is not served here", f"this server serves {name!r}")
         rows = generation.rows(body.prompt)
         generation.check_rows(len(rows), body.n)
-        sampling = generation.options(body.max_tokens, body.temperature, body.top_p, body.top_k, body.seed)
+        decoding = body.decoding()
+        beams = decoding.get("num_beams", 1) > 1
+        temperature = 0.0 if beams and body.temperature is None else body.temperature  # beams: deterministic
+        max_tokens = generation.max_tokens(body.max_tokens)
+        sampling = generation.options(max_tokens, temperature, body.top_p, body.top_k, body.seed)
         stop = [body.stop] if isinstance(body.stop, int) else body.stop
-        return GenRequest(rows, body.max_tokens, stop, sampling, started, body.n)
+        return GenRequest(rows, max_tokens, stop, sampling, started, 1 if beams else body.n, decoding)
 
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest):
@@ -74,6 +112,9 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
         request = parse(body, started)
         if body.stream and len(request.rows) != 1:
             raise HTTPProblem(400, f"stream takes one prompt, not {len(request.rows)}", "send one prompt per streamed request")
+        if body.stream and request.decoding.get("num_beams", 1) > 1:
+            raise HTTPProblem(400, "a beam search's tokens are known only when it ends; it cannot be streamed",
+                              "send stream=false with num_beams > 1")
         streams = generation.start(request)
         if body.stream and len(streams) != 1:
             for stream in streams:

@@ -54,7 +54,7 @@ class Decoding:
     name = "tokens"
     section: str | None = None
     schedules: tuple[str, ...] = ("concurrent", "sequential", "recurrent")
-    options: tuple[str, ...] = (*BEAM_OPTIONS, *PROCESSOR_OPTIONS)
+    options: tuple[str, ...] = (*BEAM_OPTIONS, *PROCESSOR_OPTIONS, "use_generation_defaults")
     min_rows = 1
     default_max_new_tokens = 32
     vocabulary: dict[str, int] = {}  # names of token ids, where the artifact has them (shown by the CLI)
@@ -63,7 +63,43 @@ class Decoding:
         self.artifact = artifact
         self.config: dict[str, Any] = artifact.config
         self.shape = artifact.manifest["decode"]["shape"]
+        # the checkpoint's own decoding (edgeseq/generation_defaults.py): what a call that
+        # does not say otherwise decodes with, as transformers' generate would
+        self.generation: dict[str, Any] = artifact.manifest.get("generation") or {}
+        self.defaults: dict[str, Any] = self.generation.get("defaults", {})
 
+    def resolved(self, options: dict[str, Any], sampling: SamplingOptions | None, stop_tokens
+                 ) -> tuple[dict[str, Any], SamplingOptions, Any, dict[str, Any]]:
+        """(options, sampling, stop tokens, length defaults): the call's, over the artifact's
+        defaults unless the call passes `use_generation_defaults=False` (parity, benchmarks)."""
+        options = dict(options)
+        use = options.pop("use_generation_defaults", True)
+        defaults = self.defaults if use else {}
+        merged = {**{k: v for k, v in defaults.items() if k in self.options}, **options}
+        if sampling is None:  # transformers' top_k default, 50, applies when the checkpoint samples
+            sampling = SamplingOptions(bool(defaults.get("do_sample", False)), float(defaults.get("temperature", 1.0)),
+                                       int(defaults.get("top_k", 50 if defaults.get("do_sample") else 0) or 0), float(defaults.get("top_p", 1.0)))
+            sampling.validate()
+        if stop_tokens is None and "eos_token_id" in defaults:
+            eos = defaults["eos_token_id"]
+            stop_tokens = eos if isinstance(eos, list) else [eos]
+        lengths = {k: defaults[k] for k in ("max_new_tokens", "max_length") if k in defaults}
+        return merged, sampling, stop_tokens, lengths
+
+    def max_new_for(self, history: list[int], max_new_tokens: int | None, lengths: dict[str, Any]) -> int:
+        """A call's max_new_tokens, else the defaults' (max_length counts the history, as in
+        transformers: an encoder-decoder's decoder start token, a decoder-only prompt)."""
+        if max_new_tokens is not None:
+            return max_new_tokens
+        if "max_new_tokens" in lengths:
+            return int(lengths["max_new_tokens"])
+        if "max_length" in lengths:
+            left = int(lengths["max_length"]) - len(history)
+            if left < 1:
+                raise GenerateError(f"the artifact's default max_length={lengths['max_length']} leaves no room after "
+                                    f"{len(history)} tokens", "pass max_new_tokens, or shorten the prompt")
+            return left
+        return self.default_max_new_tokens
     def engine_schedule(self, schedule: str | None) -> str:
         """How the stages of a step run for a load's `schedule` (validated)."""
         schedule = schedule or self.schedules[0]
@@ -82,27 +118,29 @@ class Decoding:
                  n: int, return_logits: bool, timeout: float | None, streamed: bool,
                  options: dict[str, Any]) -> list[Request]:
         """One request per prompt (checked here, in the caller's thread), each with its policy."""
+        options, sampling, stop_tokens, lengths = self.resolved(options, sampling, stop_tokens)
         self.check_options(options)
-        max_new_tokens = self.default_max_new_tokens if max_new_tokens is None else max_new_tokens
-        if max_new_tokens < 1:
-            raise GenerateError(f"max_new_tokens={max_new_tokens} must be >= 1", "ask for at least one new token")
-        self.check_lengths(max(len(r) for r in rows), max_new_tokens)
+        histories = [list(row) if self.shape != "encoder_decoder" else [self.config["bos_token_id"]] for row in rows]
+        budgets = [self.max_new_for(h, max_new_tokens, lengths) for h in histories]
+        for budget in budgets:
+            if budget < 1:
+                raise GenerateError(f"max_new_tokens={budget} must be >= 1", "ask for at least one new token")
+        self.check_lengths(max(len(r) for r in rows), max(budgets))
         stops = frozenset([self.config["eos_token_id"]] if stop_tokens is None else (int(t) for t in stop_tokens))
         vocab = self.config["vocab_size"]
         beam = BeamOptions.from_options(options, vocab)
         processing = ProcessorOptions.from_options(options, vocab)
         if beam.num_beams > 1:
-            self.check_beam_request(sampling, n, return_logits, streamed)
+            self.check_beam_request(sampling, n, return_logits)
         if processing.encoder_no_repeat_ngram_size and self.shape != "encoder_decoder":
             raise GenerateError("encoder_no_repeat_ngram_size applies to encoder-decoder models, not this decoder-only one",
                                 "use no_repeat_ngram_size")
         deadline = deadline_after(timeout)
         out = []
-        for b, row in enumerate(rows):
-            request = Request(row, max_new_tokens, stops, sampling, deadline, return_logits, streamed, b * n)
-            # what the processors see, as transformers' input_ids: the prompt, or the decoder's start token
-            history = list(row) if self.shape != "encoder_decoder" else [self.config["bos_token_id"]]
-            processors = Processors(processing, stops, len(history), max_new_tokens, row) if processing.active else None
+        for b, (row, history, budget) in enumerate(zip(rows, histories, budgets)):
+            # `history`: what the processors see, as transformers' input_ids: the prompt, or the decoder's start token
+            request = Request(row, budget, stops, sampling, deadline, return_logits, streamed, b * n)
+            processors = Processors(processing, stops, len(history), budget, row) if processing.active else None
             if beam.num_beams > 1:
                 request.policy = BeamPolicy(request, beam, processors, history, stops)
             elif n == 1:
@@ -113,8 +151,9 @@ class Decoding:
         return out
 
     @staticmethod
-    def check_beam_request(sampling: SamplingOptions, n: int, return_logits: bool, streamed: bool) -> None:
-        """What beam search does not combine with, each refused in one line."""
+    def check_beam_request(sampling: SamplingOptions, n: int, return_logits: bool) -> None:
+        """What beam search does not combine with, each refused in one line. (A beam search's
+        stream yields no tokens: they are known when it ends; its result holds the hypotheses.)"""
         if n > 1:
             raise GenerateError(f"n={n} samples and num_beams > 1 do not combine",
                                 "ask for num_return_sequences (at most num_beams) instead of n")
@@ -124,9 +163,6 @@ class Decoding:
         if return_logits:
             raise GenerateError("return_logits is per row of greedy or sampled decoding, not per beam",
                                 "drop return_logits with num_beams > 1")
-        if streamed:
-            raise GenerateError("a beam search's tokens are known only when it ends; it cannot be streamed",
-                                "use generate for num_beams > 1, or stream with num_beams=1")
 
     def check_lengths(self, longest: int, max_new_tokens: int) -> None:
         limit = self.config.get("max_positions")
@@ -181,6 +217,8 @@ class PastaDecoding(Decoding):
         return schedule
 
     def requests(self, rows, max_new_tokens, stop_tokens, sampling, n, return_logits, timeout, streamed, options):
+        sampling = sampling or SamplingOptions()
+        options = {k: v for k, v in options.items() if k != "use_generation_defaults"}
         if options.get("num_beams", 1) != 1:
             raise GenerateError("beam search does not apply to a PASTA artifact: its rows are the threads its answer "
                                 "writes", "drop num_beams; use n for several answers")
