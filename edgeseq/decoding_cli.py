@@ -51,6 +51,7 @@ OPTIONS = [
     ("bad-words-ids", str, "Token sequences never generated, as JSON: '[[5], [7, 9]]'.", _bad_words),
     ("suppress-tokens", str, 'Token ids never generated, e.g. "5 17".', _ids("suppress-tokens")),
     ("begin-suppress-tokens", str, "Token ids not generated first.", _ids("begin-suppress-tokens")),
+    ("logprobs", int, "With --json: each token's log-probability and the K best alternatives (0..20).", None),
 ]
 
 

@@ -14,6 +14,9 @@ def rows_json(result: GenerateResult, decoded: list[str] | None) -> dict:
     rows = []
     for i, row in enumerate(result.rows):
         out = {"tokens": row.tokens, "finish_reason": row.finish_reason, **row.extras()}
+        if row.token_logprobs is not None:
+            out["token_logprobs"] = row.token_logprobs
+            out["top_logprobs"] = [[[t, lp] for t, lp in step] for step in row.top_logprobs]
         if decoded is not None:
             out["text"] = decoded[i]
         rows.append(out)

@@ -190,3 +190,12 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     x -= x.max(axis=-1, keepdims=True)
     x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
     return x
+
+
+def top_alternatives(logprobs: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k most likely (token, log-probability) of one distribution, best first."""
+    if k <= 0:
+        return []
+    best = np.argpartition(-logprobs, min(k, len(logprobs)) - 1)[:k]
+    best = best[np.lexsort((best, -logprobs[best]))]
+    return [(int(t), float(logprobs[t])) for t in best]

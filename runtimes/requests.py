@@ -55,6 +55,8 @@ class Row:
     position: int = 0
     tokens: list[int] = field(default_factory=list)
     logits: list[np.ndarray] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # per token, when its request asks (`logprobs`)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     done: bool = False
 
 
@@ -66,6 +68,10 @@ class RowResult:
     tokens: list[int]
     finish_reason: str = "length"
     logits: list[np.ndarray | None] | None = None
+    # when asked for (`logprobs=K`): per token its log-probability under the processed
+    # distribution it was chosen from (transformers' output_scores), and the K best there
+    token_logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
     def extras(self) -> dict[str, Any]:
         """What only some decodings report besides the tokens (PASTA: outcome, threads)."""
@@ -80,6 +86,7 @@ class Request:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     deadline: float | None = None  # time.monotonic() value
     return_logits: bool = False
+    logprobs: int | None = None  # per token its log-probability and the K best alternatives (None: off)
     # whether each token goes to `events` as it is chosen (`stream`); `generate` waits for the
     # end only, so its caller's thread is not woken (and the GIL not handed over) per token
     streamed: bool = False

@@ -30,6 +30,15 @@ def choose_next(logits: np.ndarray, options: SamplingOptions, rng: np.random.Gen
     """logits: [B, V] -> next token ids [B] (int64)."""
     if not options.do_sample:
         return logits.argmax(axis=-1).astype(np.int64, copy=False)
+    probs = sampling_distribution(logits, options)
+    cumulative = probs.cumsum(axis=-1)
+    draws = rng.random((probs.shape[0], 1))
+    return np.minimum((cumulative < draws).sum(axis=-1), probs.shape[-1] - 1).astype(np.int64)
+
+
+def sampling_distribution(logits: np.ndarray, options: SamplingOptions) -> np.ndarray:
+    """The distribution [B, V] (float64) sampling draws from: temperature, then the top-k and
+    top-p cuts, renormalised (transformers' warpers, in their order)."""
     scores = logits.astype(np.float64) / options.temperature
     if options.top_k and options.top_k < scores.shape[-1]:
         kth = np.partition(scores, -options.top_k, axis=-1)[:, -options.top_k][:, None]
@@ -45,6 +54,4 @@ def choose_next(logits: np.ndarray, options: SamplingOptions, rng: np.random.Gen
         np.put_along_axis(keep, order, keep_sorted, axis=-1)
         probs = np.where(keep, probs, 0.0)
         probs /= probs.sum(axis=-1, keepdims=True)
-    cumulative = probs.cumsum(axis=-1)
-    draws = rng.random((probs.shape[0], 1))
-    return np.minimum((cumulative < draws).sum(axis=-1), probs.shape[-1] - 1).astype(np.int64)
+    return probs

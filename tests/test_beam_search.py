@@ -141,3 +141,50 @@ def test_greedy_with_every_processor_equals_transformers(nash_pair):
         assert not {7, 8, 11} & set(ours) and ours[0] not in (9, 10) and len(ours) >= 5
         plain_differs |= runtime.generate([source], max_new_tokens=MAX_NEW).tokens[0] != ours
     assert plain_differs  # the processors changed something
+
+
+# ----- log-probabilities: of the processed distribution, as transformers' output_scores ---------------
+def test_greedy_and_beam_logprobs_equal_transformers_scores(nash_pair):
+    variant, runtime, hf = nash_pair
+    c = hf.config
+    source = prompts(1, c.vocab_size, seed=7)[0]
+    ids = torch.tensor([source])
+    for options in (dict(num_beams=1, repetition_penalty=1.3, no_repeat_ngram_size=2), options_for(variant, False)):
+        config = GenerationConfig(max_new_tokens=MAX_NEW, decoder_start_token_id=c.decoder_start_token_id,
+                                  eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id, do_sample=False,
+                                  output_scores=True, return_dict_in_generate=True, **options)
+        with torch.no_grad():
+            out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+            # per returned sequence, per token: the processed log-probability it was chosen with
+            expected = hf.compute_transition_scores(out.sequences, out.scores, getattr(out, "beam_indices", None),
+                                                    normalize_logits=options["num_beams"] == 1)
+        result = runtime.generate([source], max_new_tokens=MAX_NEW, logprobs=3, **options)
+        for row, want, sequence in zip(result.rows, expected, out.sequences):
+            n = len(row.tokens)
+            assert row.tokens == until_eos(sequence.tolist()[1:], c.eos_token_id)
+            np.testing.assert_allclose(row.token_logprobs, want[:n].numpy(), atol=1e-4, rtol=0)
+            assert all(len(alternatives) == 3 for alternatives in row.top_logprobs)
+            if options["num_beams"] == 1:  # greedy: the chosen token is the best alternative
+                assert [alternatives[0][0] for alternatives in row.top_logprobs] == row.tokens
+            else:  # a hypothesis' score is its log-probabilities' sum over its length ** penalty
+                assert row.score == pytest.approx(sum(row.token_logprobs) / n ** options["length_penalty"], abs=1e-4)
+
+
+def test_sampling_logprobs_are_of_the_warped_distribution(nash_pair):
+    """Sampled tokens' log-probabilities equal torch's log-softmax of the logits after
+    transformers' processors and warpers (temperature, top-k, top-p), on the runtime's own logits."""
+    from edgeseq.runtimes import SamplingOptions
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    variant, runtime, hf = nash_pair
+    source = prompts(1, hf.config.vocab_size, seed=8)[0]
+    sampling = SamplingOptions(True, 0.7, 20, 0.9, 5)
+    result = runtime.generate([source], max_new_tokens=8, stop_tokens=[], sampling=sampling, logprobs=0,
+                              return_logits=True)
+    row = result.rows[0]
+    warp = [TemperatureLogitsWarper(0.7), TopKLogitsWarper(20), TopPLogitsWarper(0.9)]
+    for step, (token, logprob) in enumerate(zip(row.tokens, row.token_logprobs)):
+        scores = torch.from_numpy(result.logits[step][:1].astype(np.float32))
+        for w in warp:
+            scores = w(None, scores)
+        assert logprob == pytest.approx(torch.log_softmax(scores, -1)[0, token].item(), abs=1e-4)

@@ -106,6 +106,7 @@ def test_stream_sends_generates_tokens_in_order_then_done(url, reference):
     ({"prompt": [5], "num_beams": 2, "stream": True}, 400, "cannot be streamed"),
     ({"prompt": [5], "repetition_penalty": -1.0}, 400, "repetition_penalty=-1.0 must be a finite number > 0"),
     ({"prompt": [5], "bad_words_ids": [[99999]]}, 400, "bad_words_ids holds 99999"),
+    ({"prompt": [5], "logprobs": 50}, 400, "logprobs=50 must be a whole number from 0 to 20"),
 ])
 def test_bad_requests_get_json_errors_that_name_the_fix(url, body, status, message):
     r = complete(url, **body)
@@ -127,6 +128,23 @@ def test_beam_search_and_processors_over_http_equal_generate(url, reference):
     greedy = complete(url, prompt=[5, 17, 3, 9], max_tokens=10, stop=[], temperature=0, no_repeat_ngram_size=1)
     assert greedy.json()["choices"][0]["token_ids"] == reference.generate([[5, 17, 3, 9]], 10, [],
                                                                           no_repeat_ngram_size=1).tokens[0]
+
+
+def test_logprobs_and_echo_as_openai_sends_them(url, reference):
+    ids = reference.encode_text("the cat sat on the mat.")
+    r = complete(url, prompt="the cat sat on the mat.", max_tokens=6, temperature=0, logprobs=2, echo=True)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    expected = reference.generate([ids], 6, logprobs=2).rows[0]
+    logprobs = choice["logprobs"]
+    assert choice["token_ids"] == ids + expected.tokens and logprobs["token_ids"] == choice["token_ids"]
+    assert logprobs["token_logprobs"][: len(ids)] == [None] * len(ids)  # the echoed prompt's
+    assert logprobs["token_logprobs"][len(ids):] == pytest.approx(expected.token_logprobs, abs=1e-6)
+    assert "".join(logprobs["tokens"]) == choice["text"]
+    assert logprobs["text_offset"] == [len("".join(logprobs["tokens"][:i])) for i in range(len(logprobs["tokens"]))]
+    assert all(len(top) == 2 for top in logprobs["top_logprobs"][len(ids):])
+    plain = complete(url, prompt=[5, 6], max_tokens=3, temperature=0).json()["choices"][0]
+    assert plain["logprobs"] is None and len(plain["token_ids"]) == 3  # no echo: the completion alone
 
 
 def test_n_returns_n_choices_equal_generate(url, reference):

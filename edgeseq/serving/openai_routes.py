@@ -66,12 +66,14 @@ class CompletionRequest(BaseModel):
     bad_words_ids: list[list[int]] | None = None
     suppress_tokens: list[int] | None = None
     begin_suppress_tokens: list[int] | None = None
+    logprobs: int | None = None  # OpenAI: per token its log-probability and this many alternatives
+    echo: bool = False  # OpenAI: the prompt before the completion (its tokens' logprobs are null)
 
     def decoding(self) -> dict:
         """The extension fields the client set, as generate() takes them (`n` hypotheses of a beam search)."""
         names = ("num_beams", "length_penalty", "early_stopping", "repetition_penalty", "no_repeat_ngram_size",
                  "encoder_no_repeat_ngram_size", "min_length", "min_new_tokens", "forced_bos_token_id",
-                 "forced_eos_token_id", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens")
+                 "forced_eos_token_id", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "logprobs")
         out = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
         if self.min_tokens is not None and "min_new_tokens" not in out:
             out["min_new_tokens"] = self.min_tokens
@@ -84,14 +86,34 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
     router = APIRouter()
     model = generation.model
 
-    def choice(index: int, row: RowResult) -> dict:
-        out = {"index": index, "token_ids": row.tokens, "finish_reason": row.finish_reason, "logprobs": None}
+    def choice(index: int, row: RowResult, prompt: list[int] | None = None) -> dict:
+        """One OpenAI choice; `prompt` (with echo) goes before the completion."""
+        shown = [*(prompt or []), *row.tokens]
+        out = {"index": index, "token_ids": shown, "finish_reason": row.finish_reason, "logprobs": None}
         if model.has_tokenizer:
-            out["text"] = model.decode_text(row.tokens)
+            out["text"] = model.decode_text(shown)
+        if row.token_logprobs is not None:
+            out["logprobs"] = openai_logprobs(shown, [None] * len(prompt or []) + row.token_logprobs,
+                                              [None] * len(prompt or []) + row.top_logprobs)
         extras = row.extras()
         if extras:
             out["edgeseq"] = extras
         return out
+
+    def piece(tokens: list[int], i: int) -> str:
+        """Token i's text as the completion's text holds it (decoding is not per token: a
+        piece is what decoding up to i adds), or its id without a tokenizer."""
+        if not model.has_tokenizer:
+            return str(tokens[i])
+        return model.decode_text(tokens[: i + 1])[len(model.decode_text(tokens[:i])):]
+
+    def openai_logprobs(tokens: list[int], logprobs: list, alternatives: list) -> dict:
+        pieces = [piece(tokens, i) for i in range(len(tokens))]
+        offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+        top = [None if alt is None else {piece([*tokens[:i], t], i): lp for t, lp in alt}
+               for i, alt in enumerate(alternatives)]
+        return {"tokens": pieces, "token_ids": tokens, "token_logprobs": logprobs, "top_logprobs": top,
+                "text_offset": offsets}
 
     def parse(body: CompletionRequest, started: float) -> GenRequest:
         if body.model is not None and body.model != name:
@@ -130,7 +152,9 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
         generation.record(started, "ok")
         completion = sum(len(r.tokens) for r in rows)
         prompt = sum(len(r) for r in request.rows)
-        return JSONResponse({**head, "choices": [choice(i, r) for i, r in enumerate(rows)],
+        per_prompt = max(1, len(rows) // len(request.rows))
+        echoed = [request.rows[i // per_prompt] if body.echo else None for i in range(len(rows))]
+        return JSONResponse({**head, "choices": [choice(i, r, echoed[i]) for i, r in enumerate(rows)],
                              "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                                        "total_tokens": prompt + completion}})
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from edgeseq.errors import GenerateError, StepError
 
-from ..processors import History, Processors, log_softmax
+from ..processors import History, Processors, log_softmax, top_alternatives
 from ..requests import Request, Row, RowResult
 from .base import Policy, RowOps
 
@@ -90,6 +90,10 @@ class BeamPolicy(Policy):
         self.running = np.array([0.0], dtype=np.float32)  # the beams' scores (only beam 0 exists at first)
         k = beam.num_beams
         self.finished: list[list[int]] = [[] for _ in range(k)]
+        # per beam and per finished hypothesis, when asked for: each token's processed
+        # log-probability and the best alternatives at its step
+        self.paths: list[tuple[list[float], list]] = [([], [])]
+        self.finished_paths: list[tuple[list[float], list]] = [([], []) for _ in range(k)]
         self.finished_scores = np.full(k, -BIG, dtype=np.float32)
         self.finished_real = np.zeros(k, dtype=bool)
         self.improvable = True  # transformers' is_early_stop_heuristic_unsatisfied
@@ -135,6 +139,10 @@ class BeamPolicy(Policy):
         best = _top(merged, k)
         candidates = [self.beams[p].tokens + [int(t)] for p, t in zip(parents, tokens)]
         self.finished = [self.finished[i] if i < k else candidates[i - k] for i in best]
+        if request.logprobs is not None:
+            steps = [(float(scores[p, t]), top_alternatives(scores[p], request.logprobs)) for p, t in zip(parents, tokens)]
+            paths = [(self.paths[p][0] + [lp], self.paths[p][1] + [alt]) for p, (lp, alt) in zip(parents, steps)]
+            self.finished_paths = [self.finished_paths[i] if i < k else paths[i - k] for i in best]
         self.finished_real = np.concatenate([self.finished_real, eligible])[best]
         self.finished_scores = merged[best]
         # the next running beams: the best num_beams candidates, done ones pushed down
@@ -150,6 +158,8 @@ class BeamPolicy(Policy):
             return
         self._reorder(ops, [int(parents[j]) for j in chosen], [int(tokens[j]) for j in chosen])
         self.running = running[chosen]
+        if request.logprobs is not None:
+            self.paths = [paths[j] for j in chosen]
 
     def _reorder(self, ops: RowOps, parents: list[int], tokens: list[int]) -> None:
         """Beam i continues beam parents[i] with tokens[i]. A parent's first child keeps the
@@ -195,9 +205,12 @@ class BeamPolicy(Policy):
 
     def result(self) -> list[RowResult]:
         out = []
-        for tokens, score in list(zip(self.finished, self.finished_scores))[: self.beam.num_return_sequences]:
+        asked = self.request.logprobs is not None
+        for tokens, score, (logprobs, alternatives) in list(zip(self.finished, self.finished_scores, self.finished_paths)
+                                                           )[: self.beam.num_return_sequences]:
             reason = "stop" if tokens and tokens[-1] in self.eos else "length"
-            out.append(BeamResult(tokens, reason, None, float(score)))
+            out.append(BeamResult(tokens, reason, None, logprobs if asked else None, alternatives if asked else None,
+                                  float(score)))
         return out
 
     def progress(self) -> str:

@@ -54,7 +54,7 @@ class Decoding:
     name = "tokens"
     section: str | None = None
     schedules: tuple[str, ...] = ("concurrent", "sequential", "recurrent")
-    options: tuple[str, ...] = (*BEAM_OPTIONS, *PROCESSOR_OPTIONS, "use_generation_defaults")
+    options: tuple[str, ...] = (*BEAM_OPTIONS, *PROCESSOR_OPTIONS, "logprobs", "use_generation_defaults")
     min_rows = 1
     default_max_new_tokens = 32
     vocabulary: dict[str, int] = {}  # names of token ids, where the artifact has them (shown by the CLI)
@@ -135,11 +135,16 @@ class Decoding:
         if processing.encoder_no_repeat_ngram_size and self.shape != "encoder_decoder":
             raise GenerateError("encoder_no_repeat_ngram_size applies to encoder-decoder models, not this decoder-only one",
                                 "use no_repeat_ngram_size")
+        logprobs = options.get("logprobs")
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= 20):
+            raise GenerateError(f"logprobs={logprobs!r} must be a whole number from 0 to 20",
+                                "ask for 0 (each token's own) up to 20 alternatives per token")
         deadline = deadline_after(timeout)
         out = []
         for b, (row, history, budget) in enumerate(zip(rows, histories, budgets)):
             # `history`: what the processors see, as transformers' input_ids: the prompt, or the decoder's start token
             request = Request(row, budget, stops, sampling, deadline, return_logits, streamed, b * n)
+            request.logprobs = logprobs
             processors = Processors(processing, stops, len(history), budget, row) if processing.active else None
             if beam.num_beams > 1:
                 request.policy = BeamPolicy(request, beam, processors, history, stops)

@@ -5,9 +5,9 @@ request takes it at the next step."""
 
 import numpy as np
 
-from ..processors import History, Processors
+from ..processors import History, Processors, log_softmax, top_alternatives
 from ..requests import Request, Row, RowResult, TokenEvent
-from ..sampling import choose_next
+from ..sampling import choose_next, sampling_distribution
 from .base import Policy, RowOps
 
 
@@ -44,6 +44,14 @@ class SinglePolicy(Policy):
         token = int(scores.argmax()) if not sampling.do_sample else int(choose_next(scores[None], sampling, row.rng)[0])
         if self.processors:
             self.processors.advance(history, token)
+        if request.logprobs is not None:  # of the distribution the token was chosen from
+            if sampling.do_sample:
+                with np.errstate(divide="ignore"):
+                    dist = np.log(sampling_distribution(scores[None], sampling)[0])
+            else:
+                dist = log_softmax(scores[None])[0]
+            row.logprobs.append(float(dist[token]))
+            row.top_logprobs.append(top_alternatives(dist, request.logprobs))
         row.tokens.append(token)
         if request.return_logits:
             row.logits.append(logits.copy())
@@ -61,6 +69,8 @@ class SinglePolicy(Policy):
 
     def result(self) -> list[RowResult]:
         request = self.request
+        asked = request.logprobs is not None
         return [RowResult(r.tokens, "stop" if r.tokens and r.tokens[-1] in request.stops else "length",
-                          r.logits if request.return_logits else None)
+                          r.logits if request.return_logits else None,
+                          r.logprobs if asked else None, r.top_logprobs if asked else None)
                 for r in sorted(request.rows, key=lambda r: r.index)]
