@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeseq.beam_parity import beam_parity, hf_beams, judge, torch_beams
 from edgeseq.quality import QualityBounds, as_bounds, calibrated, judged
 
 
@@ -134,7 +135,15 @@ def encoder_decoder_parity(
         logits64, _ = model64(source, mask, decoder_in)
         return logits.numpy(), model.generate_greedy(source, mask, n)[0].numpy(), logits64.numpy()
 
-    return teacher_forced_parity(runtime, reference, bounds, steps, seed, cases)
+    def next_logits_for(source):
+        def next_logits(histories):
+            src = torch.tensor([source] * len(histories))
+            return model(src, torch.ones_like(src), torch.tensor(histories))[0][:, -1]
+        return next_logits
+
+    report = teacher_forced_parity(runtime, reference, bounds, steps, seed, cases)
+    beams = torch_beams(next_logits_for, lambda source: [model.config.bos_token_id], model.config.eos_token_id)
+    return judge(report, beam_parity(runtime, beams, report["atol"], seed))
 
 
 def decoder_only_parity(
@@ -171,7 +180,16 @@ def decoder_only_parity(
             "greedy_token_agreement": float(np.concatenate(agree).mean()),
             "disagreement_is_near_tie": all(disagreeing) if disagreeing else None,
         })
-    return summarize(reports, bounds, steps)
+    report = summarize(reports, bounds, steps)
+
+    def next_logits_for(source):
+        def next_logits(histories):
+            ids = torch.tensor(histories)
+            return model(ids, torch.arange(ids.shape[1])[None].expand_as(ids), torch.ones_like(ids))[0][:, -1]
+        return next_logits
+
+    beams = torch_beams(next_logits_for, list, model.config.eos_token_id)
+    return judge(report, beam_parity(runtime, beams, report["atol"], seed))
 
 
 @torch.inference_mode()
@@ -204,5 +222,6 @@ def hf_parity(
         logits64 = hf64(input_ids=source, attention_mask=mask, decoder_input_ids=decoder_in).logits
         return logits.numpy(), hf_greedy(hf, source, mask, n).numpy(), logits64.numpy()
 
-    return teacher_forced_parity(runtime, reference, bounds, steps, seed, cases)
+    report = teacher_forced_parity(runtime, reference, bounds, steps, seed, cases)
+    return judge(report, beam_parity(runtime, hf_beams(hf), report["atol"], seed))
 

@@ -26,16 +26,16 @@ class Hypotheses:
     def __init__(self, num_beams: int, length_penalty: float, early_stopping, max_new_tokens: int):
         self.num_beams, self.length_penalty = num_beams, length_penalty
         self.early_stopping, self.max_new_tokens = early_stopping, max_new_tokens
-        self.kept: list[tuple[float, list[int]]] = []
+        self.kept: list[tuple[float, list[int], list[float]]] = []
         self.closed = False
 
     def worst(self) -> float:
-        return min(score for score, _ in self.kept)
+        return min(score for score, _, _ in self.kept)
 
-    def add(self, tokens: list[int], sum_logprobs: float) -> None:
+    def add(self, tokens: list[int], sum_logprobs: float, logprobs: list[float]) -> None:
         score = sum_logprobs / len(tokens) ** self.length_penalty
         if len(self.kept) < self.num_beams or score > self.worst():
-            self.kept.append((score, tokens))
+            self.kept.append((score, tokens, logprobs))
             if len(self.kept) > self.num_beams:
                 self.kept.remove(min(self.kept, key=lambda kept: kept[0]))
 
@@ -61,27 +61,31 @@ def reference_beam_search(
 ) -> list[tuple[list[int], float]]:
     """`next_logits(histories)` -> the next-token logits [len(histories), V] of the model over
     each full history (what transformers calls input_ids). Returns the best
-    `num_return_sequences` (generated tokens, sequence score), best first."""
+    `num_return_sequences` (generated tokens, sequence score, each token's processed
+    log-probability), best first."""
     finished = Hypotheses(num_beams, length_penalty, early_stopping, max_new_tokens)
-    beams: list[tuple[float, list[int]]] = [(0.0, [])]  # (running score, generated tokens); beam 0 only at first
+    beams: list[tuple[float, list[int], list[float]]] = [(0.0, [], [])]  # (score, tokens, their log-probs); beam 0 only
     keep = max(2, 1 + len(eos)) * num_beams
     for step in range(1, max_new_tokens + 1):
-        histories = [history + tokens for _, tokens in beams]
+        histories = [history + tokens for _, tokens, _ in beams]
         with torch.no_grad():
             scores = torch.log_softmax(next_logits(histories).float(), dim=-1)
             if processors is not None:
                 scores = processors(torch.tensor(histories), scores)
-        scores = scores + torch.tensor([s for s, _ in beams], dtype=torch.float32)[:, None]
+        processed = scores
+        scores = scores + torch.tensor([s for s, _, _ in beams], dtype=torch.float32)[:, None]
         vocab = scores.shape[-1]
         values, flat = torch.topk(scores.reshape(-1), keep)
-        running: list[tuple[float, list[int]]] = []
+        running: list[tuple[float, list[int], list[float]]] = []
         for rank, (value, index) in enumerate(zip(values.tolist(), flat.tolist())):
-            tokens = beams[index // vocab][1] + [index % vocab]
+            parent = beams[index // vocab]
+            tokens = parent[1] + [index % vocab]
+            logprobs = parent[2] + [processed[index // vocab, index % vocab].item()]
             if tokens[-1] in eos or step == max_new_tokens:
                 if rank < num_beams and not finished.closed:
-                    finished.add(tokens, value)
+                    finished.add(tokens, value, logprobs)
             elif len(running) < num_beams:
-                running.append((value, tokens))
+                running.append((value, tokens, logprobs))
         if not running:  # every candidate ended
             break
         finished.closed = finished.closed or finished.is_done(running[0][0], step)
@@ -89,4 +93,48 @@ def reference_beam_search(
             break
         beams = running
     best = sorted(finished.kept, key=lambda kept: -kept[0])[:num_return_sequences]
-    return [(tokens, score) for score, tokens in best]
+    return [(tokens, score, logprobs) for score, tokens, logprobs in best]
+
+
+def transformers_processors(options: dict, history_length: int, eos: int, max_new_tokens: int,
+                            encoder_ids: list[int] | None = None):
+    """transformers' own logits processors for `options` (GenerationConfig names), in its order
+    (GenerationMixin._get_logits_processor): the reference side of every processor comparison."""
+    from transformers import (
+        EncoderNoRepeatNGramLogitsProcessor,
+        ForcedBOSTokenLogitsProcessor,
+        ForcedEOSTokenLogitsProcessor,
+        LogitsProcessorList,
+        MinLengthLogitsProcessor,
+        MinNewTokensLengthLogitsProcessor,
+        NoBadWordsLogitsProcessor,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        SuppressTokensAtBeginLogitsProcessor,
+        SuppressTokensLogitsProcessor,
+    )
+
+    o = options
+    out = []
+    if o.get("repetition_penalty", 1.0) != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(float(o["repetition_penalty"])))
+    if o.get("no_repeat_ngram_size"):
+        out.append(NoRepeatNGramLogitsProcessor(o["no_repeat_ngram_size"]))
+    if o.get("encoder_no_repeat_ngram_size"):
+        out.append(EncoderNoRepeatNGramLogitsProcessor(o["encoder_no_repeat_ngram_size"], torch.tensor([encoder_ids])))
+    if o.get("bad_words_ids"):
+        out.append(NoBadWordsLogitsProcessor(o["bad_words_ids"], eos))
+    if o.get("min_length"):
+        out.append(MinLengthLogitsProcessor(o["min_length"], eos))
+    if o.get("min_new_tokens"):
+        out.append(MinNewTokensLengthLogitsProcessor(history_length, o["min_new_tokens"], eos))
+    if o.get("forced_bos_token_id") is not None:
+        out.append(ForcedBOSTokenLogitsProcessor(o["forced_bos_token_id"]))
+    if o.get("forced_eos_token_id") is not None:
+        out.append(ForcedEOSTokenLogitsProcessor(history_length + max_new_tokens, o["forced_eos_token_id"]))
+    if o.get("suppress_tokens"):
+        out.append(SuppressTokensLogitsProcessor(o["suppress_tokens"]))
+    if o.get("begin_suppress_tokens"):
+        begin = history_length + (1 if history_length == 1 and o.get("forced_bos_token_id") is not None else 0)
+        out.append(SuppressTokensAtBeginLogitsProcessor(o["begin_suppress_tokens"], begin))
+    return LogitsProcessorList(out)

@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import red_model, stagformer_model
-from edgeseq.models.beam_reference import reference_beam_search
+from edgeseq.models.beam_reference import reference_beam_search, transformers_processors
 from edgeseq.models.checkpoint import save_checkpoint
 from edgeseq.runtimes import load
-from transformers import (
-    LogitsProcessorList,
-    MinNewTokensLengthLogitsProcessor,
-    NoRepeatNGramLogitsProcessor,
-    RepetitionPenaltyLogitsProcessor,
-)
 
 from edgeseq.pipeline import compile_checkpoint
 
@@ -61,11 +55,7 @@ def next_logits_of(family: str, model, source: list[int]):
 
 def reference(family: str, model, source: list[int], early_stopping):
     history = [model.config.bos_token_id] if family == "red" else list(source)
-    processors = LogitsProcessorList([
-        RepetitionPenaltyLogitsProcessor(OPTIONS["repetition_penalty"]),
-        NoRepeatNGramLogitsProcessor(OPTIONS["no_repeat_ngram_size"]),
-        MinNewTokensLengthLogitsProcessor(len(history), OPTIONS["min_new_tokens"], EOS),
-    ])
+    processors = transformers_processors(OPTIONS, len(history), EOS, MAX_NEW)
     return reference_beam_search(next_logits_of(family, model, source), history, OPTIONS["num_beams"], MAX_NEW, {EOS},
                                  OPTIONS["length_penalty"], early_stopping, OPTIONS["num_return_sequences"], processors)
 
@@ -78,10 +68,10 @@ def compare(torch_pair, early_stopping, count: int, seed: int) -> tuple[list, se
         source = rng.integers(3, model.config.vocab_size, size=int(rng.integers(2, 10))).tolist()
         theirs = reference(family, model, source, early_stopping)
         result = runtime.generate([source], max_new_tokens=MAX_NEW, early_stopping=early_stopping, **OPTIONS)
-        if result.tokens != [tokens for tokens, _ in theirs]:
+        if result.tokens != [tokens for tokens, _, _ in theirs]:
             differ.append((source, result.tokens, theirs))
             continue
-        np.testing.assert_allclose([r.score for r in result.rows], [s for _, s in theirs], atol=1e-4, rtol=0)
+        np.testing.assert_allclose([r.score for r in result.rows], [s for _, s, _ in theirs], atol=1e-4, rtol=0)
         lengths |= {len(t) for t in result.tokens}
     return differ, lengths
 

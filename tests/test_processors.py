@@ -5,20 +5,8 @@ the numpy side's state built one token at a time (never from the whole history).
 import numpy as np
 import pytest
 import torch
+from edgeseq.models.beam_reference import transformers_processors
 from edgeseq.runtimes.processors import ProcessorOptions, Processors
-from transformers import (
-    EncoderNoRepeatNGramLogitsProcessor,
-    ForcedBOSTokenLogitsProcessor,
-    ForcedEOSTokenLogitsProcessor,
-    LogitsProcessorList,
-    MinLengthLogitsProcessor,
-    MinNewTokensLengthLogitsProcessor,
-    NoBadWordsLogitsProcessor,
-    NoRepeatNGramLogitsProcessor,
-    RepetitionPenaltyLogitsProcessor,
-    SuppressTokensAtBeginLogitsProcessor,
-    SuppressTokensLogitsProcessor,
-)
 
 from edgeseq.errors import GenerateError
 
@@ -26,32 +14,9 @@ V, EOS, PROMPT, MAX_NEW = 20, 2, 3, 10
 ENCODER_IDS = [4, 5, 6, 4, 5, 7, 8]
 
 
-def theirs(options: dict, prompt_length: int) -> list:
-    """transformers' processors for `options`, in its order (GenerationMixin._get_logits_processor)."""
-    o = options
-    out = []
-    if o.get("repetition_penalty", 1.0) != 1.0:
-        out.append(RepetitionPenaltyLogitsProcessor(o["repetition_penalty"]))
-    if o.get("no_repeat_ngram_size"):
-        out.append(NoRepeatNGramLogitsProcessor(o["no_repeat_ngram_size"]))
-    if o.get("encoder_no_repeat_ngram_size"):
-        out.append(EncoderNoRepeatNGramLogitsProcessor(o["encoder_no_repeat_ngram_size"], torch.tensor([ENCODER_IDS])))
-    if o.get("bad_words_ids"):
-        out.append(NoBadWordsLogitsProcessor(o["bad_words_ids"], EOS))
-    if o.get("min_length"):
-        out.append(MinLengthLogitsProcessor(o["min_length"], EOS))
-    if o.get("min_new_tokens"):
-        out.append(MinNewTokensLengthLogitsProcessor(prompt_length, o["min_new_tokens"], EOS))
-    if o.get("forced_bos_token_id") is not None:
-        out.append(ForcedBOSTokenLogitsProcessor(o["forced_bos_token_id"]))
-    if o.get("forced_eos_token_id") is not None:
-        out.append(ForcedEOSTokenLogitsProcessor(prompt_length + MAX_NEW, o["forced_eos_token_id"]))
-    if o.get("suppress_tokens"):
-        out.append(SuppressTokensLogitsProcessor(o["suppress_tokens"]))
-    if o.get("begin_suppress_tokens"):
-        begin = prompt_length + (1 if prompt_length == 1 and o.get("forced_bos_token_id") is not None else 0)
-        out.append(SuppressTokensAtBeginLogitsProcessor(o["begin_suppress_tokens"], begin))
-    return out
+def theirs(options: dict, prompt_length: int):
+    """transformers' processors for `options`, in its order (the reference side, models/beam_reference.py)."""
+    return transformers_processors(options, prompt_length, EOS, MAX_NEW, ENCODER_IDS)
 
 
 CASES = {
@@ -83,7 +48,7 @@ def test_each_processor_equals_transformers(case, prompt_length):
     starts = [rng.integers(3, 9, prompt_length).tolist() for _ in range(rows)]
     states = [mine.start(s) for s in starts]
     histories = [list(s) for s in starts]
-    processors = LogitsProcessorList(theirs(options, prompt_length))
+    processors = theirs(options, prompt_length)
     for _ in range(MAX_NEW):  # every length the processors see, with repeats of small ids
         scores = rng.standard_normal((rows, V)).astype(np.float32) * 3
         expected = processors(torch.tensor(histories), torch.from_numpy(scores.copy())).numpy()
