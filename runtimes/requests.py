@@ -70,8 +70,8 @@ class RowResult:
     logits: list[np.ndarray | None] | None = None
     # when asked for (`logprobs=K`): per token its log-probability under the processed
     # distribution it was chosen from (transformers' output_scores), and the K best there
-    token_logprobs: list[float] | None = None
-    top_logprobs: list[list[tuple[int, float]]] | None = None
+    token_logprobs: list[float] | None = field(default=None, kw_only=True)
+    top_logprobs: list[list[tuple[int, float]]] | None = field(default=None, kw_only=True)
 
     def extras(self) -> dict[str, Any]:
         """What only some decodings report besides the tokens (PASTA: outcome, threads)."""
@@ -86,11 +86,11 @@ class Request:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     deadline: float | None = None  # time.monotonic() value
     return_logits: bool = False
-    logprobs: int | None = None  # per token its log-probability and the K best alternatives (None: off)
     # whether each token goes to `events` as it is chosen (`stream`); `generate` waits for the
     # end only, so its caller's thread is not woken (and the GIL not handed over) per token
     streamed: bool = False
     stream_index: int = 0  # the first RNG stream of its rows: row i draws from (seed, stream_index + i)
+    logprobs: int | None = None  # per token its log-probability and the K best alternatives (None: off)
     id: int = field(default_factory=lambda: next(_ids))
     policy: Any = None  # set by the decoding that made the request (runtimes/policies/)
     rows: list[Row] = field(default_factory=list)

@@ -209,8 +209,8 @@ class BeamPolicy(Policy):
         for tokens, score, (logprobs, alternatives) in list(zip(self.finished, self.finished_scores, self.finished_paths)
                                                            )[: self.beam.num_return_sequences]:
             reason = "stop" if tokens and tokens[-1] in self.eos else "length"
-            out.append(BeamResult(tokens, reason, None, logprobs if asked else None, alternatives if asked else None,
-                                  float(score)))
+            out.append(BeamResult(tokens, reason, None, float(score), token_logprobs=logprobs if asked else None,
+                                  top_logprobs=alternatives if asked else None))
         return out
 
     def progress(self) -> str:

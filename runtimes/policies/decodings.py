@@ -143,8 +143,8 @@ class Decoding:
         out = []
         for b, (row, history, budget) in enumerate(zip(rows, histories, budgets)):
             # `history`: what the processors see, as transformers' input_ids: the prompt, or the decoder's start token
-            request = Request(row, budget, stops, sampling, deadline, return_logits, streamed, b * n)
-            request.logprobs = logprobs
+            request = Request(row, budget, stops, sampling, deadline=deadline, return_logits=return_logits,
+                              streamed=streamed, stream_index=b * n, logprobs=logprobs)
             processors = Processors(processing, stops, len(history), budget, row) if processing.active else None
             if beam.num_beams > 1:
                 request.policy = BeamPolicy(request, beam, processors, history, stops)

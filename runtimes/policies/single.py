@@ -72,5 +72,5 @@ class SinglePolicy(Policy):
         asked = request.logprobs is not None
         return [RowResult(r.tokens, "stop" if r.tokens and r.tokens[-1] in request.stops else "length",
                           r.logits if request.return_logits else None,
-                          r.logprobs if asked else None, r.top_logprobs if asked else None)
+                          token_logprobs=r.logprobs if asked else None, top_logprobs=r.top_logprobs if asked else None)
                 for r in sorted(request.rows, key=lambda r: r.index)]
