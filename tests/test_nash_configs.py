@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 from edgeseq.models.nash_checkpoints import nash_dims, random_masks, save_hf_checkpoint
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from edgeseq.errors import EdgeseqError
@@ -67,7 +67,7 @@ def compiles_or_is_refused(tmp_path, config, seed: int) -> None:
     assert parity["passed"] and parity["greedy_token_agreement"] == 1.0, (config.to_diff_dict(), parity)
 
 
-SETTINGS = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck), derandomize=True)
+SETTINGS = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck), derandomize=True, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
 @settings(max_examples=2, **SETTINGS)
