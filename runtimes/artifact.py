@@ -50,6 +50,30 @@ class Artifact:
         return self.path / name
 
 
+TOKEN_KEYS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def check_model_config(manifest_path: Path, config) -> None:
+    """The model_config fields every decoding reads are whole numbers (a hand-edited or damaged
+    manifest fails here, naming the field, not later inside a step)."""
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not isinstance(config, dict):
+        raise LoadError(f"{manifest_path}: model_config is not an object", "recompile the artifact")
+    for key in TOKEN_KEYS:
+        if key in config and not whole(config[key]):
+            raise LoadError(f"{manifest_path}: model_config.{key} is {config[key]!r}, not a whole number",
+                            "restore the manifest, or recompile the artifact")
+    if not whole(config.get("vocab_size")) or config["vocab_size"] < 1:
+        raise LoadError(f"{manifest_path}: model_config.vocab_size is {config.get('vocab_size')!r}",
+                        "restore the manifest, or recompile the artifact")
+    limit = config.get("max_positions")
+    if limit is not None and (not whole(limit) or limit < 1):
+        raise LoadError(f"{manifest_path}: model_config.max_positions is {limit!r}, not a positive whole number or null",
+                        "restore the manifest, or recompile the artifact")
+
+
 def read_artifact(path: str | Path, verify: bool = True) -> Artifact:
     """Read and (by default) verify an artifact folder."""
     path = Path(path)
@@ -79,6 +103,7 @@ def read_artifact(path: str | Path, verify: bool = True) -> Artifact:
     for key in ("family", "model_config", "graphs", "files", "decode"):
         if key not in manifest:
             raise LoadError(f"{manifest_path} lacks {key!r}", "recompile the artifact with `edgeseq compile`")
+    check_model_config(manifest_path, manifest["model_config"])
     if verify:
         for name, entry in manifest["files"].items():
             file = path / name

@@ -66,7 +66,10 @@ class Decoding:
         # the checkpoint's own decoding (edgeseq/generation_defaults.py): what a call that
         # does not say otherwise decodes with, as transformers' generate would
         self.generation: dict[str, Any] = artifact.manifest.get("generation") or {}
-        self.defaults: dict[str, Any] = self.generation.get("defaults", {})
+        self.defaults: dict[str, Any] = self.generation.get("defaults", {}) if isinstance(self.generation, dict) else None
+        if not isinstance(self.defaults, dict):
+            raise LoadError("the manifest's generation section is not an object with a \"defaults\" object",
+                            "restore the manifest, or recompile the artifact")
 
     def resolved(self, options: dict[str, Any], sampling: SamplingOptions | None, stop_tokens
                  ) -> tuple[dict[str, Any], SamplingOptions, Any, dict[str, Any]]:
