@@ -137,17 +137,23 @@ class BeamPolicy(Policy):
         penalised = penalised - BIG * ~eligible
         merged = np.concatenate([self.finished_scores, penalised.astype(np.float32)])
         best = _top(merged, k)
-        candidates = [self.beams[p].tokens + [int(t)] for p, t in zip(parents, tokens)]
-        self.finished = [self.finished[i] if i < k else candidates[i - k] for i in best]
-        if request.logprobs is not None:
-            steps = [(float(scores[p, t]), top_alternatives(scores[p], request.logprobs)) for p, t in zip(parents, tokens)]
-            paths = [(self.paths[p][0] + [lp], self.paths[p][1] + [alt]) for p, (lp, alt) in zip(parents, steps)]
-            self.finished_paths = [self.finished_paths[i] if i < k else paths[i - k] for i in best]
-        self.finished_real = np.concatenate([self.finished_real, eligible])[best]
-        self.finished_scores = merged[best]
+        # only the candidates that become hypotheses get their token lists (not all 2k a step)
+        self.finished = [self.finished[i] if i < k else self.beams[parents[i - k]].tokens + [int(tokens[i - k])]
+                         for i in best]
         # the next running beams: the best num_beams candidates, done ones pushed down
         running = (values - BIG * done).astype(np.float32)
         chosen = _top(running, k)
+        if request.logprobs is not None:  # the paths of the kept candidates only; alternatives once per parent
+            alternatives = {int(p): top_alternatives(scores[p], request.logprobs) for p in set(parents.tolist())}
+
+            def path(j: int) -> tuple[list[float], list]:
+                p, t = int(parents[j]), int(tokens[j])
+                return self.paths[p][0] + [float(scores[p, t])], self.paths[p][1] + [alternatives[p]]
+
+            self.finished_paths = [self.finished_paths[i] if i < k else path(i - k) for i in best]
+            next_paths = [path(j) for j in chosen]
+        self.finished_real = np.concatenate([self.finished_real, eligible])[best]
+        self.finished_scores = merged[best]
         best_length = request.max_new_tokens if self.beam.early_stopping == "never" and self.beam.length_penalty > 0 \
             else self.generated
         best_possible = running[chosen[0]] / np.float32(best_length ** self.beam.length_penalty)
@@ -159,7 +165,7 @@ class BeamPolicy(Policy):
         self._reorder(ops, [int(parents[j]) for j in chosen], [int(tokens[j]) for j in chosen])
         self.running = running[chosen]
         if request.logprobs is not None:
-            self.paths = [paths[j] for j in chosen]
+            self.paths = next_paths
 
     def _reorder(self, ops: RowOps, parents: list[int], tokens: list[int]) -> None:
         """Beam i continues beam parents[i] with tokens[i]. A parent's first child keeps the
@@ -252,7 +258,7 @@ class Scratch:
         np.add(scores, running[:, None], out=work)  # (the partition reordered the buffer)
         candidates = np.flatnonzero(flat >= threshold)
         values = flat[candidates]
-        order = np.lexsort((candidates, -values))[:k]
+        order = _top(values, k)  # candidates ascend, so ties still go to the lower index
         return candidates[order], values[order]
 
 
