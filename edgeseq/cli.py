@@ -367,7 +367,8 @@ def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, schedule,
 
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: every interface).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind (0.0.0.0: every interface; needs --api-key or --no-auth).")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--name", default=None, help="Model name in the API (default: the artifact folder's name).")
 @click.option("--max-batch", default=32, show_default=True, type=int, help="Rows that share a decode step at most.")
@@ -379,22 +380,43 @@ def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, schedule,
 @click.option("--drain-timeout", default=30.0, show_default=True, type=float, help="On SIGTERM, seconds for requests in flight.")
 @click.option("--threads", default=None, type=int, help="Intra-op threads in all (default: all cores).")
 @click.option("--target", default="ort-cpu", show_default=True)
+@click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
+              help="A key clients send as 'Authorization: Bearer KEY' (repeatable; also EDGESEQ_API_KEY).")
+@click.option("--api-key-file", type=click.Path(path_type=Path), default=None, help="Keys, one a line (# comments).")
+@click.option("--no-auth", is_flag=True, help="Serve a non-loopback --host without API keys (say so explicitly).")
+@click.option("--public-metrics", is_flag=True, help="/metrics without a key (for a scraper inside the network).")
+@click.option("--ssl-certfile", type=click.Path(path_type=Path), default=None, help="TLS certificate (PEM): https only.")
+@click.option("--ssl-keyfile", type=click.Path(path_type=Path), default=None, help="The certificate's private key (PEM).")
+@click.option("--ssl-keyfile-password", default=None, help="Password of an encrypted --ssl-keyfile.")
+@click.option("--ssl-ca-certs", type=click.Path(path_type=Path), default=None, help="CA bundle for client certificates.")
+@click.option("--ssl-client-cert", type=click.Choice(["none", "optional", "required"]), default="none", show_default=True,
+              help="required: mutual TLS (a client without a certificate the CA signed is refused).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="One stderr line per request: id, status, tokens, duration (never the prompt).")
 @handle_errors
 def serve(artifact, host, port, name, max_batch, max_queue, timeout, max_tokens, max_rows, max_body_bytes,
-          drain_timeout, threads, target):
-    """Serve ARTIFACT over HTTP: OpenAI-style /v1/completions, Open Inference Protocol v2, /metrics."""
+          drain_timeout, threads, target, api_keys, api_key_file, no_auth, public_metrics, ssl_certfile, ssl_keyfile,
+          ssl_keyfile_password, ssl_ca_certs, ssl_client_cert, access_log):
+    """Serve ARTIFACT over HTTP: OpenAI-style /v1/completions and /v1/models, Open Inference Protocol v2, /metrics."""
     require("serve", "serve")
     from edgeseq.serving import ServeLimits, run_server
+    from edgeseq.serving.auth import ApiKeys, AuthPolicy
+    from edgeseq.serving.tls import TLSOptions
 
     try:
         limits = ServeLimits(max_body_bytes, max_rows, max_tokens, timeout, drain_timeout)
     except ValueError as e:
         raise BuildError(str(e), "pass positive limits") from None
+    auth = AuthPolicy(ApiKeys.gather(api_keys, api_key_file), public_metrics)
+    tls = TLSOptions(ssl_certfile, ssl_keyfile, ssl_keyfile_password, ssl_ca_certs, ssl_client_cert)
 
     def ready(model_name):
-        err_console.print(f"serving {model_name!r} on http://{host}:{port} (SIGTERM or Ctrl-C stops it)", highlight=False)
+        guarded = f"{len(auth.keys)} API key(s)" if auth.keys else "no API key"
+        err_console.print(f"serving {model_name!r} on {tls.scheme}://{host}:{port} with {guarded} "
+                          "(SIGTERM or Ctrl-C stops it)", highlight=False)
 
-    run_server(artifact, host, port, name, limits, threads, max_batch, max_queue, target, on_ready=ready)
+    run_server(artifact, host, port, name, limits, threads, max_batch, max_queue, target, on_ready=ready, auth=auth,
+               no_auth=no_auth, tls=tls, access_log=access_log)
 
 
 @cli.group()
@@ -411,12 +433,17 @@ def deploy():
 @click.option("--host", default="127.0.0.1", show_default=True, help="Where Ray's HTTP proxy binds (0.0.0.0 for a cluster).")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="Replicas read their API keys from this variable (never written into the config).")
+@click.option("--no-auth", is_flag=True, help="A non-loopback --host without API keys (say so explicitly).")
+@click.option("--public-metrics", is_flag=True, help="/metrics without a key.")
 @handle_errors
-def deploy_ray(artifact, out, replicas, threads, name, host, port, force):
+def deploy_ray(artifact, out, replicas, threads, name, host, port, force, api_key_env, no_auth, public_metrics):
     """Write a Ray Serve config (DIR/serve_config.yaml) that `serve run` accepts."""
     from edgeseq.serving.ray_deployment import write_serve_config
 
-    path = write_serve_config(artifact, out, replicas, threads, name, host, port, force)
+    path = write_serve_config(artifact, out, replicas, threads, name, host, port, force, api_key_env, no_auth,
+                              public_metrics)
     out_console.print(f"wrote {path}: `serve run {path}` on a Ray cluster with the `ray` extra "
                       f"({replicas} replicas x {threads} threads)")
 

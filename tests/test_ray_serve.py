@@ -19,6 +19,7 @@ from edgeseq.serving.load import LoadRequest, send
 from edgeseq.serving.process import free_port, is_ready
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "nash-t5-tiny"
+KEY = "sk-ray-replica-key-0123456789"
 
 
 def test_deploy_ray_writes_a_serve_config(tmp_path):
@@ -41,6 +42,27 @@ def test_deploy_ray_writes_a_serve_config(tmp_path):
     assert r.exit_code == 1 and "--replicas 0 and --threads 1 must be at least 1" in r.output
     r = CliRunner().invoke(cli, ["deploy", "ray", str(tmp_path / "nothing"), "-o", str(tmp_path / "e")])
     assert r.exit_code == 1 and "not an artifact folder" in r.output and not (tmp_path / "e").exists()
+    # a cluster-wide proxy needs keys, named by variable: the key itself never reaches the file
+    r = CliRunner().invoke(cli, ["deploy", "ray", str(FIXTURE), "-o", str(tmp_path / "f"), "--host", "0.0.0.0"])
+    assert r.exit_code == 1 and "no API key variable is named" in r.output and not (tmp_path / "f").exists()
+    r = CliRunner().invoke(cli, ["deploy", "ray", str(FIXTURE), "-o", str(tmp_path / "f"), "--host", "0.0.0.0",
+                                 "--api-key-env", "EDGESEQ_API_KEY"], env={"EDGESEQ_API_KEY": KEY})
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "f" / "serve_config.yaml").read_text()
+    assert KEY not in text and "$EDGESEQ_API_KEY" in text
+    assert json.loads("".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
+                      )["applications"][0]["args"]["api_key_env"] == "EDGESEQ_API_KEY"
+
+
+def test_a_replica_reads_its_keys_from_the_named_variable():
+    from edgeseq.errors import BuildError
+    from edgeseq.serving.ray_deployment import replica_keys
+
+    keys = replica_keys("EDGESEQ_API_KEY", {"EDGESEQ_API_KEY": f"{KEY} {KEY}-second"})
+    assert len(keys) == 2 and keys.admits(KEY) and keys.admits(f"{KEY}-second") and not keys.admits("x" * 20)
+    assert not replica_keys(None, {"EDGESEQ_API_KEY": KEY})
+    with pytest.raises(BuildError, match="unset on this node"):
+        replica_keys("EDGESEQ_API_KEY", {})
 
 
 def ray_cli(*args: str, env=None, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -63,10 +85,11 @@ def test_two_replicas_on_two_raylets_match_generate(tmp_path):
     """Two raylets with one CPU each and two replicas of num_cpus=1: one replica per raylet."""
     port, gcs = free_port(), free_port()
     deploy = subprocess.run([sys.executable, "-m", "edgeseq.cli", "deploy", "ray", str(FIXTURE), "-o", str(tmp_path / "d"),
-                             "--replicas", "2", "--threads", "1", "--port", str(port), "--name", "tiny"],
+                             "--replicas", "2", "--threads", "1", "--port", str(port), "--name", "tiny",
+                             "--api-key-env", "EDGESEQ_API_KEY"],
                             capture_output=True, text=True, timeout=120)
     assert deploy.returncode == 0, deploy.stderr
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"EDGESEQ_API_KEY": KEY}  # the raylets pass it on
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     try:
         head = ray_cli("ray", "start", "--head", f"--port={gcs}", "--include-dashboard=false", *common, env=env)
@@ -86,7 +109,7 @@ def test_two_replicas_on_two_raylets_match_generate(tmp_path):
         results = [None] * len(requests)
 
         def client(i):
-            results[i] = send(url, requests[i])
+            results[i] = send(url, requests[i], api_key=KEY)
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(len(requests))]
         for t in threads:
@@ -96,6 +119,8 @@ def test_two_replicas_on_two_raylets_match_generate(tmp_path):
         with load(FIXTURE) as model:
             expected = [model.generate([r.prompt], r.max_tokens, stop_tokens=[]).tokens[0] for r in requests]
         assert results == expected
+        with pytest.raises(RuntimeError, match="HTTP 401"):
+            send(url, requests[0])
         status = subprocess.run([sys.executable, "-c", SERVE_STATUS], env=env, capture_output=True, text=True, timeout=120)
         # both replicas run, and they hold both CPUs of the cluster: one per raylet
         assert status.stdout.strip().splitlines()[-1] == "ApplicationStatus.RUNNING {'RUNNING': 2} 2.0 0.0", status

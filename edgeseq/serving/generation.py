@@ -18,7 +18,7 @@ from .http_errors import HTTPProblem, from_edgeseq
 from .limits import ServeLimits
 from .metrics import ServerMetrics
 
-OUTCOMES = {400: "bad_request", 404: "bad_request", 413: "bad_request", 422: "bad_request", 429: "queue_full",
+OUTCOMES = {400: "bad_request", 401: "unauthorized", 404: "bad_request", 413: "bad_request", 422: "bad_request", 429: "queue_full",
             500: "error", 503: "unavailable", 504: "deadline"}
 
 
@@ -39,6 +39,10 @@ class Request:
 class Generation:
     def __init__(self, model, limits: ServeLimits, metrics: ServerMetrics):
         self.model, self.limits, self.metrics = model, limits, metrics
+
+    def ready(self) -> bool:
+        """Whether the model's scheduler is running and takes requests."""
+        return self.model.scheduler.thread.is_alive() and not self.model.scheduler.closed
 
     # ----- checks ---------------------------------------------------------------------------------
     def rows(self, prompt) -> list[list[int]]:

@@ -10,7 +10,7 @@ from edgeseq.errors import DeadlineError, EdgeseqError, ModelClosedError, QueueF
 
 RETRY_AFTER_S = 1
 STATUS = [(QueueFullError, 429), (DeadlineError, 504), (StepError, 500), (ModelClosedError, 503)]
-KIND = {400: "invalid_request_error", 404: "not_found", 413: "request_too_large", 422: "invalid_request_error",
+KIND = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found", 413: "request_too_large", 422: "invalid_request_error",
         429: "queue_full", 500: "internal_error", 503: "unavailable", 504: "deadline_exceeded"}
 
 

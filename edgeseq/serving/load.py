@@ -44,12 +44,13 @@ def mixed_requests(count: int, vocab: int, seed: int = 0) -> list[LoadRequest]:
     return out
 
 
-def send(url: str, request: LoadRequest, timeout: float = 120.0) -> list[int]:
+def send(url: str, request: LoadRequest, timeout: float = 120.0, api_key: str | None = None) -> list[int]:
     """One completion; the generated ids (read from the SSE events when streamed)."""
     parts = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {api_key}"} if api_key else {})
     try:
-        connection.request("POST", "/v1/completions", json.dumps(request.body()), {"Content-Type": "application/json"})
+        connection.request("POST", "/v1/completions", json.dumps(request.body()), headers)
         response = connection.getresponse()
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")

@@ -9,7 +9,8 @@ with `num_beams` > 1, `n` hypotheses come back (at most num_beams), each with it
 `edgeseq.score`, and the request cannot be streamed. `stop` is a list of token ids (default:
 the model's eos). The generated ids are in
 `choices[i].token_ids`, the text in `choices[i].text` when the artifact has a tokenizer.
-`stream: true` sends one server-sent event per token and ends with `data: [DONE]`; a
+`GET /v1/models` lists the one served model, as OpenAI's model list does; `user` is
+accepted and ignored. `stream: true` sends one server-sent event per token and ends with `data: [DONE]`; a
 client that goes away mid-stream has every row of its request dropped at the next step.
 `n` completions per prompt are choices b*n .. b*n+n-1 (one prefill, forked rows).
 
@@ -25,13 +26,14 @@ import time
 import uuid
 
 from anyio import to_thread
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeseq.errors import EdgeseqError
 from edgeseq.runtimes import RowResult
 
+from .access_log import note_usage
 from .generation import OUTCOMES, Generation
 from .generation import Request as GenRequest
 from .http_errors import HTTPProblem, error_body, from_edgeseq
@@ -68,6 +70,7 @@ class CompletionRequest(BaseModel):
     begin_suppress_tokens: list[int] | None = None
     logprobs: int | None = None  # OpenAI: per token its log-probability and this many alternatives
     echo: bool = False  # OpenAI: the prompt before the completion (its tokens' logprobs are null)
+    user: str | None = None  # OpenAI: an end-user id for abuse monitoring; accepted and ignored
 
     def decoding(self) -> dict:
         """The extension fields the client set, as generate() takes them (`n` hypotheses of a beam search)."""
@@ -85,6 +88,12 @@ class CompletionRequest(BaseModel):
 def completion_router(generation: Generation, name: str) -> APIRouter:
     router = APIRouter()
     model = generation.model
+    created = int(time.time())
+
+    @router.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "edgeseq",
+                                            "edgeseq": {"family": model.artifact.family}}]}
 
     def choice(index: int, row: RowResult, prompt: list[int] | None = None) -> dict:
         """One OpenAI choice; `prompt` (with echo) goes before the completion."""
@@ -129,7 +138,7 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
         return GenRequest(rows, max_tokens, stop, sampling, started, 1 if beams else body.n, decoding)
 
     @router.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, http: Request):
         started = time.perf_counter()
         request = parse(body, started)
         if body.stream and len(request.rows) != 1:
@@ -146,12 +155,13 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
         ident = f"cmpl-{uuid.uuid4().hex[:24]}"
         head = {"id": ident, "object": "text_completion", "created": int(time.time()), "model": name}
         if body.stream:
-            return StreamingResponse(sse(generation, request, streams[0], head, choice),
+            return StreamingResponse(sse(generation, request, streams[0], head, choice, http),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         rows = await to_thread.run_sync(generation.collect, request, streams)  # errors: the app's handler counts them
         generation.record(started, "ok")
         completion = sum(len(r.tokens) for r in rows)
         prompt = sum(len(r) for r in request.rows)
+        note_usage(http, prompt, completion)
         per_prompt = max(1, len(rows) // len(request.rows))
         echoed = [request.rows[i // per_prompt] if body.echo else None for i in range(len(rows))]
         return JSONResponse({**head, "choices": [choice(i, r, echoed[i]) for i, r in enumerate(rows)],
@@ -161,7 +171,7 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
     return router
 
 
-async def sse(generation: Generation, request: GenRequest, stream, head: dict, choice):
+async def sse(generation: Generation, request: GenRequest, stream, head: dict, choice, http: Request):
     """One event per token (the new text piece beside its id; a thread's token names its
     thread and position instead), a last event per choice with its finish reason (and a
     threaded answer whole), then [DONE]. An error after the first byte is sent as an event
@@ -169,6 +179,7 @@ async def sse(generation: Generation, request: GenRequest, stream, head: dict, c
     model = generation.model
     sent: dict[int, list[int]] = {}  # per choice, what this stream has yielded
     text_so_far: dict[int, str] = {}
+    generated = 0  # tokens streamed, every thread's included
     at = None
     outcome = "cancelled"  # unless the loop below ends normally or with an error
     try:
@@ -176,6 +187,7 @@ async def sse(generation: Generation, request: GenRequest, stream, head: dict, c
             event, at = await to_thread.run_sync(generation.next_token, request, stream, at)
             if event is None:
                 break
+            generated += 1
             if event.thread is not None:  # threads interleave: the answer comes whole at the end
                 piece = {"index": event.row, "token_ids": [], "finish_reason": None,
                          "edgeseq": {"token_id": event.token, "thread": event.thread, "position": event.position}}
@@ -205,4 +217,5 @@ async def sse(generation: Generation, request: GenRequest, stream, head: dict, c
         yield "data: [DONE]\n\n"
     finally:
         stream.close()  # a disconnected client: every row of the request is dropped at the next step
+        note_usage(http, len(request.rows[0]), generated)
         generation.record(request.started, outcome)

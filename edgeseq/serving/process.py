@@ -20,24 +20,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def is_ready(url: str) -> bool:
+def is_ready(url: str, context=None) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as r:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1, context=context) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False
 
 
 @contextmanager
-def serve_process(artifact: str | Path, *options: str, start_timeout: float = 60.0):
-    """Yields (url, process) of a running server; stops it afterwards."""
+def serve_process(artifact: str | Path, *options: str, start_timeout: float = 60.0, tls_context=None):
+    """Yields (url, process) of a running server; stops it afterwards. `tls_context` (an
+    ssl.SSLContext that trusts the server's CA, with a client certificate for mutual TLS):
+    the server was given TLS options, so probe it over https."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "edgeseq.cli", "serve", str(artifact), "--port", str(port), *options],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls_context is not None else 'http'}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout
-        while not is_ready(url):
+        while not is_ready(url, tls_context):
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError(f"edgeseq serve did not start: {process.communicate(timeout=10)[1][-2000:]}")

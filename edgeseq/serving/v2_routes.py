@@ -17,6 +17,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from .access_log import note_usage
 from .generation import Generation
 from .generation import Request as GenRequest
 from .http_errors import HTTPProblem, retry_after
@@ -97,8 +98,7 @@ def v2_router(generation: Generation, name: str) -> APIRouter:
         if model_name != name:
             raise HTTPProblem(404, f"model {model_name!r} is not served here", f"this server serves {name!r}")
 
-    def ready() -> bool:
-        return model.scheduler.thread.is_alive() and not model.scheduler.closed
+    ready = generation.ready
 
     @router.get("/v2/health/live")
     async def live():
@@ -146,6 +146,7 @@ def v2_router(generation: Generation, name: str) -> APIRouter:
         rows = await to_thread.run_sync(generation.collect, request, streams)
         generation.record(started, "ok")
         tokens = [r.tokens for r in rows]
+        note_usage(http, sum(len(r) for r in request.rows), sum(len(t) for t in tokens))
         longest = max(len(t) for t in tokens)
         ids = np.full((len(tokens), longest), -1, dtype=np.int64)
         for b, row in enumerate(tokens):
