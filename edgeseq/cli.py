@@ -188,6 +188,9 @@ def parse_ids(text: str) -> list[int]:
 @click.option("--top-p", default=None, type=float, help="Default 1.0 (off).")
 @click.option("--seed", default=None, type=int, help="Sampling seed.")
 @click.option("--stop-token", "stop_tokens", multiple=True, type=int, help="Stop ids (default: the model's eos).")
+@click.option("--stop", "stop_strings", multiple=True, metavar="TEXT",
+              help="End a row when its text holds TEXT (repeatable; needs a tokenizer). The text is cut before it.")
+@click.option("--include-stop-str-in-output", is_flag=True, help="Keep the matched --stop string in the text.")
 @click.option("--target", default="ort-cpu", show_default=True)
 @click.option("--threads", default=None, type=int, help="Intra-op threads in all (default: all cores).")
 @click.option("--schedule", type=click.Choice(["concurrent", "sequential", "recurrent", "parallel"]), default=None,
@@ -199,8 +202,8 @@ def parse_ids(text: str) -> list[int]:
 @decoding_options
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def generate(artifact, inputs, texts, max_new_tokens, n, do_sample, temperature, top_k, top_p, seed, stop_tokens, target,
-             threads, schedule, low_memory, timeline, as_json, **decoding):
+def generate(artifact, inputs, texts, max_new_tokens, n, do_sample, temperature, top_k, top_p, seed, stop_tokens,
+             stop_strings, include_stop_str_in_output, target, threads, schedule, low_memory, timeline, as_json, **decoding):
     """Generate tokens from a compiled ARTIFACT (with its default decoding, where it has one;
     every decoding option below overrides it for this call)."""
     from edgeseq.generate_output import print_rows, rows_json
@@ -216,10 +219,13 @@ def generate(artifact, inputs, texts, max_new_tokens, n, do_sample, temperature,
     sampled = do_sample or temperature is not None or top_k is not None or top_p is not None or seed is not None
     sampling = SamplingOptions(do_sample, temperature or 1.0, top_k or 0, top_p or 1.0, seed) if sampled else None
     options = decoding_values(decoding)
+    if stop_strings:
+        options |= {"stop_strings": list(stop_strings), "include_stop_str_in_output": include_stop_str_in_output}
     with load(artifact, target=target, threads=threads, schedule=schedule, low_memory=low_memory) as model:
         rows = [model.encode_text(model.text_prefix + t) for t in texts] if texts else [parse_ids(text) for text in inputs]
         result = model.generate(rows, max_new_tokens, list(stop_tokens) or None, sampling, n=n, **options)
-        decoded = [model.decode_text(row) for row in result.tokens] if texts else None
+        decoded = ([row.text if row.text is not None else model.decode_text(row.tokens) for row in result.rows]
+                   if texts or stop_strings else None)
         names = {v: k for k, v in model.decoding.vocabulary.items()}
     if timeline is not None:
         from edgeseq.timeline import draw_timeline

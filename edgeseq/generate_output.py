@@ -14,6 +14,8 @@ def rows_json(result: GenerateResult, decoded: list[str] | None) -> dict:
     rows = []
     for i, row in enumerate(result.rows):
         out = {"tokens": row.tokens, "finish_reason": row.finish_reason, **row.extras()}
+        if row.stop_reason is not None:
+            out["stop_reason"] = row.stop_reason
         if row.token_logprobs is not None:
             out["token_logprobs"] = row.token_logprobs
             out["top_logprobs"] = [[[t, lp] for t, lp in step] for step in row.top_logprobs]

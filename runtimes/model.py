@@ -91,6 +91,7 @@ class LoadedModel(TextMethods):
         self.decoding = decoding
         self.config: dict[str, Any] = artifact.config
         self.codec: TextCodec | None = text_codec(artifact)
+        decoding.codec = self.codec
         OPEN_MODELS.add(self)
 
     # ----- requests -----------------------------------------------------------------------------
@@ -130,7 +131,9 @@ class LoadedModel(TextMethods):
         `stop_tokens=None` uses the model's eos; pass [] to always run max_new_tokens.
         Safe from many threads: concurrent calls share the scheduler's batched steps.
         `timeout` (seconds) is the request's deadline. `options`: what only this
-        artifact's decoding takes (`model.decoding.options`).
+        artifact's decoding takes (`model.decoding.options`), e.g. `stop_strings=["\n"]`
+        (a row ends when its text holds one; `rows[i].text` is the text cut before it, or
+        after it with `include_stop_str_in_output=True`; needs the artifact's tokenizer).
         """
         requests = self._requests(input_ids, max_new_tokens, stop_tokens, sampling, n, return_logits, timeout,
                                   False, options)

@@ -72,6 +72,10 @@ class RowResult:
     # distribution it was chosen from (transformers' output_scores), and the K best there
     token_logprobs: list[float] | None = field(default=None, kw_only=True)
     top_logprobs: list[list[tuple[int, float]]] | None = field(default=None, kw_only=True)
+    # what ended it with "stop": the matched stop string, or the stop token's id
+    stop_reason: str | int | None = field(default=None, kw_only=True)
+    # with stop strings: the text, cut before the matched one (or after, if asked to include it)
+    text: str | None = field(default=None, kw_only=True)
 
     def extras(self) -> dict[str, Any]:
         """What only some decodings report besides the tokens (PASTA: outcome, threads)."""

@@ -107,12 +107,60 @@ def test_stream_sends_generates_tokens_in_order_then_done(url, reference):
     ({"prompt": [5], "repetition_penalty": -1.0}, 400, "repetition_penalty=-1.0 must be a finite number > 0"),
     ({"prompt": [5], "bad_words_ids": [[99999]]}, 400, "bad_words_ids holds 99999"),
     ({"prompt": [5], "logprobs": 50}, 400, "logprobs=50 must be a whole number from 0 to 20"),
+    ({"prompt": [5], "stop": ["a", "b", "c", "d", "e"]}, 400, "stop has 5 strings; at most 4"),
+    ({"prompt": [5], "stop": [""]}, 400, "is not a non-empty string"),
+    ({"prompt": [5], "stop": ["a"], "num_beams": 2}, 400, "a beam search does not take them"),
 ])
 def test_bad_requests_get_json_errors_that_name_the_fix(url, body, status, message):
     r = complete(url, **body)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert message in error["message"] and error["fix"] and error["code"] == status
+
+
+STOP_SAMPLING = {"temperature": 1.0, "top_k": 0, "seed": 1, "max_tokens": 30}
+
+
+def test_stop_strings_end_the_text_where_generate_does(url, reference):
+    from test_stop_strings import PROMPT, SAMPLING, spanning
+
+    tokens = reference.generate([reference.encode_text(PROMPT)], 30, [], SAMPLING).tokens[0]
+    full = reference.decode_text(tokens)
+    for span in (2, 3):
+        stop, last = spanning(reference, tokens, span)
+        r = complete(url, prompt=PROMPT, stop=[stop, "\u00a7"], **STOP_SAMPLING)
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        assert choice["text"] == full[: full.find(stop)] and choice["token_ids"] == tokens[: last + 1]
+        assert choice["finish_reason"] == "stop" and choice["stop_reason"] == stop
+        kept = complete(url, prompt=PROMPT, stop=stop, include_stop_str_in_output=True, **STOP_SAMPLING).json()
+        assert kept["choices"][0]["text"] == full[: full.find(stop) + len(stop)]
+        # streamed: no event carries a character past the cut, and the pieces make the same text
+        pieces = []
+        with httpx.stream("POST", f"{url}/v1/completions", timeout=60,
+                          json={"prompt": PROMPT, "stop": [stop], "stream": True, **STOP_SAMPLING}) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    pieces.append(json.loads(line[6:])["choices"][0]["text"])
+                    assert full[: full.find(stop)].startswith("".join(pieces)), (pieces, stop)
+        assert "".join(pieces) == choice["text"]
+    # v2 takes stop strings in its parameters
+    stop, _ = spanning(reference, tokens, 2)
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [PROMPT]}],
+            "parameters": {"stop": [stop], "temperature": 1.0, "seed": 1, "max_tokens": 30}}
+    out = httpx.post(f"{url}/v2/models/{NAME}/infer", json=body, timeout=60).json()
+    assert out["outputs"][2]["data"] == [full[: full.find(stop)]]
+
+
+def test_stop_strings_without_a_tokenizer_are_a_400(artifacts):
+    from starlette.testclient import TestClient
+
+    from edgeseq.serving import build_app
+
+    _, art = artifacts.get(family="red")
+    with load(art, threads=1) as red, TestClient(build_app(red, "red")) as client:
+        r = client.post("/v1/completions", json={"prompt": [5, 6], "stop": ["x"], "max_tokens": 2})
+        assert r.status_code == 400 and "no tokenizer" in r.json()["error"]["message"]
 
 
 def test_beam_search_and_processors_over_http_equal_generate(url, reference):

@@ -6,8 +6,12 @@ where it has none (OpenAI's default). Beam search and the logits processors are 
 fields by transformers' names (`num_beams`, `length_penalty`, `early_stopping`,
 `repetition_penalty`, `no_repeat_ngram_size`, `min_new_tokens` or vLLM's `min_tokens`, ...);
 with `num_beams` > 1, `n` hypotheses come back (at most num_beams), each with its score in
-`edgeseq.score`, and the request cannot be streamed. `stop` is a list of token ids (default:
-the model's eos). The generated ids are in
+`edgeseq.score`, and the request cannot be streamed. `stop` is up to 4 strings (a row ends
+when its text holds one, also across token boundaries; the text ends before it unless
+`include_stop_str_in_output`; needs the artifact's tokenizer) or a list of token ids
+(default: the model's eos); `stop_reason` names what matched. A stream holds back the last
+(longest stop string - 1) characters until they cannot begin a stop string, so no event
+carries any part of one. The generated ids are in
 `choices[i].token_ids`, the text in `choices[i].text` when the artifact has a tokenizer.
 `GET /v1/models` lists the one served model, as OpenAI's model list does; `user` is
 accepted and ignored. `stream: true` sends one server-sent event per token and ends with `data: [DONE]`; a
@@ -38,6 +42,8 @@ from .generation import OUTCOMES, Generation
 from .generation import Request as GenRequest
 from .http_errors import HTTPProblem, error_body, from_edgeseq
 
+MAX_STOP_STRINGS = 4  # OpenAI's limit
+
 
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields this server has no use for
@@ -49,7 +55,9 @@ class CompletionRequest(BaseModel):
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
-    stop: list[int] | int | None = Field(None, description="stop token ids (default: the model's eos)")
+    stop: str | list[str] | list[int] | int | None = Field(
+        None, description="up to 4 stop strings, or stop token ids (default: the model's eos)")
+    include_stop_str_in_output: bool = False  # vLLM's: keep the matched stop string in the text
     stream: bool = False
     n: int = 1
     # extension fields (transformers' GenerationConfig names; vLLM's min_tokens): unset ones
@@ -82,7 +90,25 @@ class CompletionRequest(BaseModel):
             out["min_new_tokens"] = self.min_tokens
         if out.get("num_beams", 1) > 1:
             out["num_return_sequences"] = self.n
+        strings = self.stop_strings()
+        if strings:
+            out |= {"stop_strings": strings, "include_stop_str_in_output": self.include_stop_str_in_output}
         return out
+
+    def stop_strings(self) -> list[str] | None:
+        strings = [self.stop] if isinstance(self.stop, str) else self.stop
+        if not strings or not isinstance(strings[0], str):
+            return None
+        if len(strings) > MAX_STOP_STRINGS:
+            raise HTTPProblem(400, f"stop has {len(strings)} strings; at most {MAX_STOP_STRINGS} are taken",
+                              f"send at most {MAX_STOP_STRINGS} stop strings")
+        return strings
+
+    def stop_tokens(self) -> list[int] | None:
+        """Stop token ids; None (the model's eos) unless ids were sent ([]: none at all)."""
+        if self.stop is None or self.stop_strings() is not None:
+            return None
+        return [self.stop] if isinstance(self.stop, int) else list(self.stop)
 
 
 def completion_router(generation: Generation, name: str) -> APIRouter:
@@ -98,9 +124,10 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
     def choice(index: int, row: RowResult, prompt: list[int] | None = None) -> dict:
         """One OpenAI choice; `prompt` (with echo) goes before the completion."""
         shown = [*(prompt or []), *row.tokens]
-        out = {"index": index, "token_ids": shown, "finish_reason": row.finish_reason, "logprobs": None}
+        out = {"index": index, "token_ids": shown, "finish_reason": row.finish_reason, "logprobs": None,
+               "stop_reason": row.stop_reason}
         if model.has_tokenizer:
-            out["text"] = model.decode_text(shown)
+            out["text"] = text_of(row, prompt)
         if row.token_logprobs is not None:
             out["logprobs"] = openai_logprobs(shown, [None] * len(prompt or []) + row.token_logprobs,
                                               [None] * len(prompt or []) + row.top_logprobs)
@@ -108,6 +135,11 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
         if extras:
             out["edgeseq"] = extras
         return out
+
+    def text_of(row: RowResult, prompt: list[int] | None = None) -> str:
+        """A choice's text: the prompt's (with echo), then the row's (cut at a stop string)."""
+        text = row.text if row.text is not None else model.decode_text(row.tokens)
+        return model.decode_text(prompt) + text if prompt else text
 
     def piece(tokens: list[int], i: int) -> str:
         """Token i's text as the completion's text holds it (decoding is not per token: a
@@ -134,8 +166,7 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
         temperature = 0.0 if beams and body.temperature is None else body.temperature  # beams: deterministic
         max_tokens = generation.max_tokens(body.max_tokens)
         sampling = generation.options(max_tokens, temperature, body.top_p, body.top_k, body.seed)
-        stop = [body.stop] if isinstance(body.stop, int) else body.stop
-        return GenRequest(rows, max_tokens, stop, sampling, started, 1 if beams else body.n, decoding)
+        return GenRequest(rows, max_tokens, body.stop_tokens(), sampling, started, 1 if beams else body.n, decoding)
 
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest, http: Request):
@@ -155,7 +186,7 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
         ident = f"cmpl-{uuid.uuid4().hex[:24]}"
         head = {"id": ident, "object": "text_completion", "created": int(time.time()), "model": name}
         if body.stream:
-            return StreamingResponse(sse(generation, request, streams[0], head, choice, http),
+            return StreamingResponse(sse(generation, request, streams[0], head, choice, text_of, http),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         rows = await to_thread.run_sync(generation.collect, request, streams)  # errors: the app's handler counts them
         generation.record(started, "ok")
@@ -171,12 +202,25 @@ def completion_router(generation: Generation, name: str) -> APIRouter:
     return router
 
 
-async def sse(generation: Generation, request: GenRequest, stream, head: dict, choice, http: Request):
+def releasable(text: str, stops: list[str]) -> str:
+    """What of a row's text so far a stream may send: nothing from a stop string on (the
+    token that completes one is streamed before the row's result says so), not the last
+    (longest stop string - 1) characters (they may begin one), no incomplete last character."""
+    for stop in stops:
+        at = text.find(stop)
+        text = text[:at] if at >= 0 else text
+    hold = max((len(s) for s in stops), default=1) - 1
+    text = text[: len(text) - hold] if hold else text
+    return text[:-1] if text.endswith("\ufffd") else text
+
+
+async def sse(generation: Generation, request: GenRequest, stream, head: dict, choice, text_of, http: Request):
     """One event per token (the new text piece beside its id; a thread's token names its
-    thread and position instead), a last event per choice with its finish reason (and a
-    threaded answer whole), then [DONE]. An error after the first byte is sent as an event
-    of its own."""
+    thread and position instead), a last event per choice with its finish reason, the text
+    held back (and a threaded answer whole), then [DONE]. An error after the first byte is
+    sent as an event of its own."""
     model = generation.model
+    stops = request.decoding.get("stop_strings") or []
     sent: dict[int, list[int]] = {}  # per choice, what this stream has yielded
     text_so_far: dict[int, str] = {}
     generated = 0  # tokens streamed, every thread's included
@@ -198,15 +242,20 @@ async def sse(generation: Generation, request: GenRequest, stream, head: dict, c
                 tokens.append(event.token)
                 piece = {"index": event.row, "token_ids": [event.token], "finish_reason": None}
                 if model.has_tokenizer:
-                    text = model.decode_text(tokens)
-                    piece["text"], text_so_far[event.row] = text[len(text_so_far.get(event.row, "")):], text
+                    text = releasable(model.decode_text(tokens), stops)
+                    sent_text = text_so_far.get(event.row, "")
+                    if text.startswith(sent_text):
+                        piece["text"], text_so_far[event.row] = text[len(sent_text):], text
+                    else:  # the decoded text changed behind what was sent (rare): send nothing now
+                        piece["text"] = ""
             yield f"data: {json.dumps({**head, 'choices': [piece]})}\n\n"
         for i, row in enumerate(stream.result.rows):
             last = choice(i, row)
-            if not row.extras():  # the tokens went out one by one
+            if not row.extras():  # the tokens went out one by one; the text held back goes now
                 last["token_ids"] = []
                 if "text" in last:
-                    last["text"] = ""
+                    final, sent_text = text_of(row), text_so_far.get(i, "")
+                    last["text"] = final[len(sent_text):] if final.startswith(sent_text) else ""
             yield f"data: {json.dumps({**head, 'choices': [last]})}\n\n"
         yield "data: [DONE]\n\n"
         outcome = "ok"

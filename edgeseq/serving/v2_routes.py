@@ -3,7 +3,7 @@
 So `tritonclient.http` and KServe clients work unchanged. `infer` takes `input_ids`
 (INT64 or INT32, [rows, length], -1 pads a shorter row) or, with a tokenizer, `text`
 (BYTES, [rows]); an optional `max_tokens` input ([1]); sampling in `parameters`
-(temperature, top_p, top_k, seed, stop). It answers `output_ids` ([rows, longest], -1
+(temperature, top_p, top_k, seed, stop: token ids, or stop strings). It answers `output_ids` ([rows, longest], -1
 padded), `output_lengths` and, with a tokenizer, `text`. Inputs may come as JSON or in
 the binary tensor extension (Inference-Header-Content-Length); outputs are JSON.
 """
@@ -155,7 +155,7 @@ def v2_router(generation: Generation, name: str) -> APIRouter:
                    {"name": "output_lengths", "datatype": "INT64", "shape": [len(tokens)], "data": [len(t) for t in tokens]}]
         if model.has_tokenizer:
             outputs.append({"name": "text", "datatype": "BYTES", "shape": [len(tokens)],
-                            "data": [model.decode_text(t) for t in tokens]})
+                            "data": [r.text if r.text is not None else model.decode_text(r.tokens) for r in rows]})
         wanted = {o.get("name") for o in head.get("outputs") or [] if isinstance(o, dict)}
         if wanted:
             outputs = [o for o in outputs if o["name"] in wanted]
@@ -192,8 +192,10 @@ def v2_router(generation: Generation, name: str) -> APIRouter:
             raise HTTPProblem(400, "a sampling parameter is not a number", "send numbers for max_tokens, "
                               "temperature, top_p, top_k and seed") from None
         stop = params.get("stop")
+        if isinstance(stop, list) and stop and all(isinstance(t, str) for t in stop):
+            return GenRequest(rows, int(max_tokens), None, sampling, started, decoding={"stop_strings": stop})
         if stop is not None and (not isinstance(stop, list) or not all(isinstance(t, int) for t in stop)):
-            raise HTTPProblem(400, "'stop' must be a list of token ids", "send e.g. \"stop\": [1]")
+            raise HTTPProblem(400, "'stop' must be a list of token ids or of strings", "send e.g. \"stop\": [1]")
         return GenRequest(rows, int(max_tokens), stop, sampling, started)
 
     return router

@@ -17,6 +17,8 @@ from ..processors import OPTION_NAMES as PROCESSOR_OPTIONS
 from ..processors import ProcessorOptions, Processors
 from ..requests import Request
 from ..sampling import SamplingOptions
+from ..stop_strings import StopStrings
+from ..text import no_tokenizer_error
 from .beam import BeamOptions, BeamPolicy
 from .pasta import SCHEDULES as PASTA_SCHEDULES
 from .pasta import PastaPolicy
@@ -54,10 +56,12 @@ class Decoding:
     name = "tokens"
     section: str | None = None
     schedules: tuple[str, ...] = ("concurrent", "sequential", "recurrent")
-    options: tuple[str, ...] = (*BEAM_OPTIONS, *PROCESSOR_OPTIONS, "logprobs", "use_generation_defaults")
+    options: tuple[str, ...] = (*BEAM_OPTIONS, *PROCESSOR_OPTIONS, "logprobs", "stop_strings",
+                                 "include_stop_str_in_output", "use_generation_defaults")
     min_rows = 1
     default_max_new_tokens = 32
     vocabulary: dict[str, int] = {}  # names of token ids, where the artifact has them (shown by the CLI)
+    codec = None  # the artifact's TextCodec (set by the loaded model): stop strings need it
 
     def __init__(self, artifact: Artifact):
         self.artifact = artifact
@@ -142,6 +146,7 @@ class Decoding:
         if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= 20):
             raise GenerateError(f"logprobs={logprobs!r} must be a whole number from 0 to 20",
                                 "ask for 0 (each token's own) up to 20 alternatives per token")
+        stop_strings = self.stop_strings(options, beam.num_beams > 1)
         deadline = deadline_after(timeout)
         out = []
         for b, (row, history, budget) in enumerate(zip(rows, histories, budgets)):
@@ -152,11 +157,25 @@ class Decoding:
             if beam.num_beams > 1:
                 request.policy = BeamPolicy(request, beam, processors, history, stops)
             elif n == 1:
-                request.policy = SinglePolicy(request, processors, history)
+                request.policy = SinglePolicy(request, processors, history, stop_strings)
             else:
-                request.policy = SamplesPolicy(request, n, processors, history)
+                request.policy = SamplesPolicy(request, n, processors, history, stop_strings)
             out.append(request)
         return out
+
+    def stop_strings(self, options: dict[str, Any], beams: bool) -> StopStrings | None:
+        """The call's stop strings over the artifact's tokenizer, or None."""
+        strings = options.get("stop_strings")
+        if strings is None:
+            return None
+        if self.codec is None:
+            error = no_tokenizer_error(self.artifact.path)
+            raise GenerateError(f"stop strings are found in decoded text: {error.problem}",
+                                "pass stop token ids (stop_tokens) instead, or compile with the checkpoint's tokenizer")
+        if beams:
+            raise GenerateError("stop strings end greedy and sampled rows; a beam search does not take them here",
+                                "drop stop_strings with num_beams > 1, or decode with num_beams=1")
+        return StopStrings(strings, self.codec, options.get("include_stop_str_in_output", False))
 
     @staticmethod
     def check_beam_request(sampling: SamplingOptions, n: int, return_logits: bool) -> None:

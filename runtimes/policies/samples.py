@@ -10,13 +10,15 @@ from edgeseq.errors import StepError
 
 from ..processors import Processors
 from ..requests import Request, Row
+from ..stop_strings import StopStrings
 from .base import RowOps
 from .single import SinglePolicy
 
 
 class SamplesPolicy(SinglePolicy):
-    def __init__(self, request: Request, n: int, processors: Processors | None = None, history: list[int] | None = None):
-        super().__init__(request, processors, history)
+    def __init__(self, request: Request, n: int, processors: Processors | None = None, history: list[int] | None = None,
+                 stop_strings: StopStrings | None = None):
+        super().__init__(request, processors, history, stop_strings)
         self.n = self.reserve = n
 
     def admitted(self, ops: RowOps, row: Row, logits: np.ndarray | None) -> None:
@@ -25,8 +27,7 @@ class SamplesPolicy(SinglePolicy):
             if not ops.fork(row, child):
                 raise StepError(f"no cache row for sample {i} of a request that reserved {self.n}", "report this")
             self.live.append(child)
-            if self.processors:
-                self.histories[id(child)] = self.histories[id(row)].copy()
+            self.forked(row, child)
         if logits is not None:
             for r in list(self.live):
                 self.choose(ops, r, logits)
