@@ -113,9 +113,11 @@ def init(family, out, preset, sets, seed, force, as_json):
 @click.option("--explain", is_flag=True, help="List per graph pass what it rewrote and each candidate it declined, with why.")
 @click.option("--task", default=None, help="Take the checkpoint's task_specific_params[TASK] (e.g. summarization) as the "
               "artifact's default decoding, its prefix for --text input.")
+@click.option("--sign-key", type=click.Path(path_type=Path), default=None,
+              help="Sign the artifact with this elliptic-curve private key (PEM; needs the sign extra).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @handle_errors
-def compile_cmd(checkpoint, out, target, precision, verify, split, force, explain, task, as_json):
+def compile_cmd(checkpoint, out, target, precision, verify, split, force, explain, task, sign_key, as_json):
     """Export CHECKPOINT to ONNX, run the graph passes, write an artifact, check parity."""
     require("compile", "compile")
     from edgeseq.pipeline import compile_checkpoint
@@ -124,7 +126,7 @@ def compile_cmd(checkpoint, out, target, precision, verify, split, force, explai
     passes: list[dict] = []
     with stage_status(not as_json, f"compiling {checkpoint}") as say:
         manifest = compile_checkpoint(checkpoint, out, target, precision, verify, force, on_stage=say, split=split,
-                                      on_explain=passes.extend, task=task)
+                                      on_explain=passes.extend, task=task, sign_key=sign_key)
     parity = manifest["parity"]
     if as_json:
         emit_json({"artifact": str(out), "family": manifest["family"], "stats": manifest["stats"], "parity": parity,
@@ -197,13 +199,16 @@ def parse_ids(text: str) -> list[int]:
               help="StagFormer: a step's stages concurrently (default), in turn, or recurrent (shared weights: last stack "
                    "only). PASTA: its threads in parallel (default) or sequential (the interpreter's order).")
 @click.option("--low-memory", is_flag=True, help="No weight prepacking: about half the memory, slower at batch > 1.")
+@click.option("--trusted-key", type=click.Path(path_type=Path), default=None,
+              help="Refuse the artifact unless it is signed by this public key (PEM) and unchanged since.")
 @click.option("--timeline", type=click.Path(path_type=Path), default=None,
               help="PASTA: draw the threads over the steps into this .svg or .png (needs the plot extra).")
 @decoding_options
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def generate(artifact, inputs, texts, max_new_tokens, n, do_sample, temperature, top_k, top_p, seed, stop_tokens,
-             stop_strings, include_stop_str_in_output, target, threads, schedule, low_memory, timeline, as_json, **decoding):
+             stop_strings, include_stop_str_in_output, target, threads, schedule, low_memory, trusted_key, timeline, as_json,
+             **decoding):
     """Generate tokens from a compiled ARTIFACT (with its default decoding, where it has one;
     every decoding option below overrides it for this call)."""
     from edgeseq.generate_output import print_rows, rows_json
@@ -221,7 +226,8 @@ def generate(artifact, inputs, texts, max_new_tokens, n, do_sample, temperature,
     options = decoding_values(decoding)
     if stop_strings:
         options |= {"stop_strings": list(stop_strings), "include_stop_str_in_output": include_stop_str_in_output}
-    with load(artifact, target=target, threads=threads, schedule=schedule, low_memory=low_memory) as model:
+    with load(artifact, target=target, threads=threads, schedule=schedule, low_memory=low_memory,
+              trusted_key=trusted_key) as model:
         rows = [model.encode_text(model.text_prefix + t) for t in texts] if texts else [parse_ids(text) for text in inputs]
         result = model.generate(rows, max_new_tokens, list(stop_tokens) or None, sampling, n=n, **options)
         decoded = ([row.text if row.text is not None else model.decode_text(row.tokens) for row in result.rows]
@@ -399,10 +405,12 @@ def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, schedule,
               help="required: mutual TLS (a client without a certificate the CA signed is refused).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="One stderr line per request: id, status, tokens, duration (never the prompt).")
+@click.option("--trusted-key", type=click.Path(path_type=Path), default=None,
+              help="Refuse the artifact unless it is signed by this public key (PEM) and unchanged since.")
 @handle_errors
 def serve(artifact, host, port, name, max_batch, max_queue, timeout, max_tokens, max_rows, max_body_bytes,
           drain_timeout, threads, target, api_keys, api_key_file, no_auth, public_metrics, ssl_certfile, ssl_keyfile,
-          ssl_keyfile_password, ssl_ca_certs, ssl_client_cert, access_log):
+          ssl_keyfile_password, ssl_ca_certs, ssl_client_cert, access_log, trusted_key):
     """Serve ARTIFACT over HTTP: OpenAI-style /v1/completions and /v1/models, Open Inference Protocol v2, /metrics."""
     require("serve", "serve")
     from edgeseq.serving import ServeLimits, run_server
@@ -422,7 +430,33 @@ def serve(artifact, host, port, name, max_batch, max_queue, timeout, max_tokens,
                           "(SIGTERM or Ctrl-C stops it)", highlight=False)
 
     run_server(artifact, host, port, name, limits, threads, max_batch, max_queue, target, on_ready=ready, auth=auth,
-               no_auth=no_auth, tls=tls, access_log=access_log)
+               no_auth=no_auth, tls=tls, access_log=access_log, trusted_key=trusted_key)
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--key", "private_key", required=True, type=click.Path(path_type=Path),
+              help="Elliptic-curve private key (PEM), e.g. from `openssl ecparam -name prime256v1 -genkey -noout`.")
+@click.option("--key-password", default=None, help="Password of an encrypted --key.")
+@handle_errors
+def sign(artifact, private_key, key_password):
+    """Sign every file of ARTIFACT (manifest included) into ARTIFACT/model.sig (OpenSSF model-signing, offline)."""
+    from edgeseq.runtimes.signature import sign_artifact
+
+    path = sign_artifact(artifact, private_key, key_password)
+    out_console.print(f"signed {artifact}: {path}")
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--trusted-key", required=True, type=click.Path(path_type=Path), help="The signer's public key (PEM).")
+@handle_errors
+def verify(artifact, trusted_key):
+    """Check that ARTIFACT is signed by TRUSTED-KEY and that no file changed, was added or removed."""
+    from edgeseq.runtimes.signature import verify_artifact
+
+    verify_artifact(artifact, trusted_key)
+    out_console.print(f"[green]verified[/] {artifact}: signed by {trusted_key}, every file unchanged")
 
 
 @cli.group()

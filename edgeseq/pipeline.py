@@ -52,13 +52,17 @@ def compile_checkpoint(
     split: bool = True,
     on_explain: Callable[[list[dict]], None] | None = None,
     task: str | None = None,
+    sign_key: str | Path | None = None,
 ) -> dict[str, Any]:
     """Compile a checkpoint folder into an artifact folder; returns the manifest. `on_explain`
     gets the pass pipeline's account (passes.explain) before the artifact is written; `task`
-    takes the checkpoint's task_specific_params[task] as the artifact's default decoding."""
+    takes the checkpoint's task_specific_params[task] as the artifact's default decoding;
+    `sign_key` (an EC private key in PEM) signs the finished folder before it appears."""
     say = on_stage or (lambda _: None)
     out = Path(out)
     check_build_options(target, precision)
+    if sign_key is not None and not Path(sign_key).is_file():  # before minutes of export
+        raise BuildError(f"--sign-key {sign_key} is not a file", "pass the PEM file of an elliptic-curve private key")
     if out.exists() and not force:
         raise BuildError(f"output folder {out} already exists", "choose another -o folder or pass --force")
     say("loading checkpoint")
@@ -108,6 +112,11 @@ def compile_checkpoint(
                     f"greedy agreement {report['greedy_token_agreement']:.3f}",
                     "report this model config; --no-verify skips the check at your own risk",
                 )
+        if sign_key is not None:
+            from edgeseq.runtimes.signature import sign_artifact
+
+            say("signing")
+            sign_artifact(tmp, sign_key)
     return manifest
 
 

@@ -35,7 +35,7 @@ SCHEDULES = Decoding.schedules
 
 def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, verify: bool = True,
          schedule: str | None = None, low_memory: bool = False, max_batch: int = 32,
-         max_queue: int = 256) -> LoadedModel:
+         max_queue: int = 256, trusted_key: str | Path | None = None) -> LoadedModel:
     """Load a compiled artifact: verify it, create every session, start its scheduler.
 
     `threads` is the total intra-op thread budget (default: all cores); `schedule`
@@ -45,8 +45,14 @@ def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, 
     stages run concurrently) or "sequential" (the interpreter's order). `low_memory`
     turns off ONNX Runtime's weight prepacking (about half the resident memory, slower at
     batch > 1); `max_batch` rows share a step at most, `max_queue` requests may wait.
+    `trusted_key` (a PEM public key): refuse, before reading anything, an artifact that is
+    not signed by it or whose files changed since (runtimes/signature.py; the sign extra).
     Use it as a context manager, or call `close()`, to stop its threads.
     """
+    if trusted_key is not None:
+        from .signature import verify_artifact
+
+        verify_artifact(path, trusted_key)
     artifact = read_artifact(path, verify=verify)
     try:
         return _build(artifact, target, threads, schedule, low_memory, max_batch, max_queue)

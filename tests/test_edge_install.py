@@ -62,3 +62,35 @@ def test_runtime_installs_and_runs_without_torch(edge_venv):
     size = site_packages_mb(edge_venv)
     print(f"\nedge install: {size:.0f} MB in site-packages")
     assert size < 300  # onnxruntime, numpy, tokenizers (+ huggingface_hub), click, rich; torch's CPU wheel alone is ~700 MB
+
+
+def test_the_sign_extra_verifies_without_torch(edge_venv, tmp_path):
+    """Runs after the size check above (same module, in order): the sign extra on the edge install."""
+    import shutil
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from edgeseq.runtimes.signature import sign_artifact
+
+    install = subprocess.run([str(edge_venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                              f"{REPO}[sign]"], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    (tmp_path / "key.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    art = tmp_path / "art"
+    shutil.copytree(FIXTURE, art)
+    sign_artifact(art, tmp_path / "key.pem")
+    r = edge(edge_venv, "verify", str(art), "--trusted-key", str(tmp_path / "key.pub"))
+    assert r.returncode == 0 and "verified" in r.stdout, r.stderr
+    r = edge(edge_venv, "generate", str(art), "--input-ids", "5 17 3", "--max-new-tokens", "4", "--json",
+             "--trusted-key", str(tmp_path / "key.pub"))
+    assert r.returncode == 0, r.stderr
+    absent = subprocess.run([str(edge_venv / "bin" / "python"), "-c", "import importlib.util as u; print([m for m in "
+                             "('torch', 'onnx', 'transformers') if u.find_spec(m)])"], capture_output=True, text=True)
+    assert absent.stdout.strip() == "[]", absent.stdout + absent.stderr
+    (art / "extra.txt").write_text("x")
+    r = edge(edge_venv, "verify", str(art), "--trusted-key", str(tmp_path / "key.pub"))
+    assert r.returncode == 1 and "extra.txt added" in r.stderr

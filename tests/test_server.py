@@ -150,6 +150,9 @@ def test_stop_strings_end_the_text_where_generate_does(url, reference):
             "parameters": {"stop": [stop], "temperature": 1.0, "seed": 1, "max_tokens": 30}}
     out = httpx.post(f"{url}/v2/models/{NAME}/infer", json=body, timeout=60).json()
     assert out["outputs"][2]["data"] == [full[: full.find(stop)]]
+    # one stop token id, not in a list (the fuzz test once found this a 500)
+    r = complete(url, prompt=PROMPT, stop=tokens[3], **STOP_SAMPLING)
+    assert r.status_code == 200 and r.json()["choices"][0]["stop_reason"] == tokens[3], r.text
 
 
 def test_stop_strings_without_a_tokenizer_are_a_400(artifacts):

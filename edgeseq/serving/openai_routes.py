@@ -97,7 +97,7 @@ class CompletionRequest(BaseModel):
 
     def stop_strings(self) -> list[str] | None:
         strings = [self.stop] if isinstance(self.stop, str) else self.stop
-        if not strings or not isinstance(strings[0], str):
+        if not isinstance(strings, list) or not strings or not isinstance(strings[0], str):
             return None
         if len(strings) > MAX_STOP_STRINGS:
             raise HTTPProblem(400, f"stop has {len(strings)} strings; at most {MAX_STOP_STRINGS} are taken",
