@@ -284,7 +284,9 @@ def inspect_cmd(artifact, as_json):
         emit_json(info)
         return
     s = info["stats"]
-    out_console.print(f"[bold]{info['family']}[/] artifact {info['path']} (format {info['format_version']}, {info['target']}, {info['precision']})")
+    signed = "signed (model.sig; `edgeseq verify` checks it)" if info["signed"] else "unsigned"
+    out_console.print(f"[bold]{info['family']}[/] artifact {info['path']} (format {info['format_version']}, {info['target']}, "
+                      f"{info['precision']}, {signed})")
     table = Table("graph", "file MB", "weights MB", "inputs", "outputs")
     for name, g in info["graphs"].items():
         table.add_row(

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseq.runtimes.artifact import read_artifact
+from edgeseq.runtimes.signature import SIGNATURE_FILE
 
 
 def roofline(weight_bytes_per_token: int, bandwidth_gb_s: float | None = None) -> dict[str, float]:
@@ -47,6 +48,8 @@ def inspect_artifact(path: str | Path, verify: bool = True, bandwidth_gb_s: floa
         "stats": m["stats"],
         "roofline": roofline(m["stats"]["weight_bytes_per_token"], bandwidth_gb_s),  # at the artifact's precision
         "files": {name: f["bytes"] for name, f in files.items()},
+        # whether an `edgeseq sign` signature is present (checked only by verify / --trusted-key)
+        "signed": (artifact.path / SIGNATURE_FILE).is_file(),
         "total_bytes": sum(f["bytes"] for f in files.values()),
         "tokenizer": m.get("tokenizer"),  # {"file", "vocab_size"} when text works, else None
         "pruning": m.get("pruning"),

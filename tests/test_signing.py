@@ -46,6 +46,9 @@ def signed(tmp_path, keys) -> Path:
 
 
 def test_a_signed_artifact_verifies_and_loads_with_the_same_tokens(signed, keys):
+    from edgeseq.inspect import inspect_artifact
+
+    assert inspect_artifact(signed)["signed"] and not inspect_artifact(FIXTURE)["signed"]
     verify_artifact(signed, keys["ours"][1])
     with load(signed, trusted_key=keys["ours"][1]) as model, load(FIXTURE) as plain:
         assert model.generate([[5, 6, 7]], 6, []).tokens == plain.generate([[5, 6, 7]], 6, []).tokens
