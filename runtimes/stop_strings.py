@@ -58,30 +58,32 @@ class StopStrings:
 
 @dataclass
 class StopState:
-    """One row's incremental text and where its decoding window starts."""
+    """One row's incremental text and its decoding window: the tokens since the last one
+    whose text was added (context, so a word's leading space decodes right), then the rest."""
 
     stops: StopStrings
-    tokens: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # the decoding window, not the whole row
     text: str = ""
-    prefix_offset: int = 0  # decoding starts here, so the first new token has context
-    read_offset: int = 0  # tokens before this are in `text`
+    read_offset: int = 0  # the window's tokens before this are in `text` (context for the next)
     matched: str | None = None
 
     def feed(self, token: int) -> str | None:
         """Add the row's next token; the stop string its text now holds, if any."""
         self.tokens.append(token)
         decode = self.stops.codec.decode
-        before = decode(self.tokens[self.prefix_offset : self.read_offset])
-        now = decode(self.tokens[self.prefix_offset :])
+        before = decode(self.tokens[: self.read_offset])
+        now = decode(self.tokens)
         if len(now) <= len(before) or now.endswith(INCOMPLETE):
             return None  # nothing whole yet (a special token, or part of a character)
         searched_from = max(0, len(self.text) - (self.stops.longest - 1))
         self.text += now[len(before) :]
-        self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
+        # keep only the window the next decode needs: the state stays small however long the row
+        self.tokens = self.tokens[self.read_offset :]
+        self.read_offset = len(self.tokens)
         found = [(at, s) for s in self.stops.strings if (at := self.text.find(s, searched_from)) >= 0]
         if found:
             self.matched = min(found)[1]
         return self.matched
 
     def copy(self) -> "StopState":
-        return StopState(self.stops, list(self.tokens), self.text, self.prefix_offset, self.read_offset, self.matched)
+        return StopState(self.stops, list(self.tokens), self.text, self.read_offset, self.matched)

@@ -88,7 +88,8 @@ def build_app(model, name: str, limits: ServeLimits | None = None, close_model: 
 
     @app.get("/health/ready")
     async def ready():
-        return JSONResponse({"ready": generation.ready()}, status_code=200 if generation.ready() else 503)
+        up = generation.ready()
+        return JSONResponse({"ready": up}, status_code=200 if up else 503)
 
     served = BodySizeLimit(app, limits.max_body_bytes) if limits.max_body_bytes else app
     if auth is not None and auth.keys:
