@@ -16,6 +16,9 @@ Input roles:
                           encoder tensor); `pad` fills the slots past a row's source
   handoff                 state replaced every step (`source` names the output)
 Output roles: logits, new_cache, cache (a prefill's full caches), encoder_output, handoff.
+
+Graph roles: encoder, prefill, extend (a block of prompt tokens over exact-length caches),
+decoder_step, step, stage.
 """
 
 from dataclasses import dataclass
@@ -89,3 +92,10 @@ class ExportedGraph:
 
 # The ways a compiled model decodes; the runtime picks its engine by this manifest field.
 DECODE_SHAPES = ("encoder_decoder", "decoder_only")
+
+# Prompt tokens per block of a blocked prefill (a decoder-only artifact with an `extend`
+# graph): the first block runs the prefill graph, each further one the extend graph over
+# the caches before it, and the prefix cache keeps whole blocks. Measured (benchmarks/
+# prefix_cache.py): 32 keeps the per-block call overhead under the block's compute on the
+# `edge` presets while a cut inside a block loses at most 31 tokens of reuse.
+PREFIX_BLOCK = 32

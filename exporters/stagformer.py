@@ -1,4 +1,9 @@
-"""StagFormer -> ONNX: a prefill graph and ONE decode step of all stacks in a single graph.
+"""StagFormer -> ONNX: a prefill graph, an extend graph, and ONE decode step of all stacks in a single graph.
+
+The extend graph continues a prompt by a block of tokens over caches given at their exact
+length: the runtime prefills every prompt block by block (prefill for the first, extend for
+the rest), so a block computed now and one restored from the prefix cache hold the same
+bits (runtimes/prefix_cache.py).
 
 The step graph's nodes carry the exporter's `name_scopes` metadata, which names the
 stack each node came from (`stacks.k`); passes/split_stages.py uses it to cut the graph
@@ -8,7 +13,7 @@ into one subgraph per stack. Each stack's inputs are its own caches and, for k >
 
 import torch
 
-from edgeseq.graph_spec import GraphSpec, TensorSpec
+from edgeseq.graph_spec import PREFIX_BLOCK, GraphSpec, TensorSpec
 
 from .base import FamilyExporter
 from .red import kv_pair
@@ -88,6 +93,28 @@ def prefill_spec(c) -> GraphSpec:
     )
 
 
+def extend_spec(c) -> GraphSpec:
+    """A block of new tokens after P >= 1 prompt tokens: the caches' inputs have the step's
+    names (the runtime feeds each from its buffer, cut to the row's exact length), and each
+    names (`source`) the output holding its entries for the block."""
+    return GraphSpec(
+        name="extend",
+        role="extend",
+        inputs=(
+            TensorSpec("input_ids", "int64", ("batch", "new"), "token_ids", role="token_ids"),
+            TensorSpec("positions", "int64", ("batch", "new"), "positions", role="positions"),
+            *_caches("past", "cross", "history+1", "history", c, role=("cache", "cache"),
+                     source=("chunk", "cross_chunk")),
+            *_handoffs("memory", c, range(1, c.n_stacks)),
+        ),
+        outputs=(
+            TensorSpec("logits", "float32", ("batch", 1, c.vocab_size), role="logits"),
+            *_caches("chunk", "cross_chunk", "new", "new", c, role=("new_cache", "new_cache")),
+            *_handoffs("handoff", c, range(c.n_stacks)),
+        ),
+    )
+
+
 def _flatten(caches, cross_caches):
     out = []
     for k, presents in enumerate(caches):
@@ -95,6 +122,23 @@ def _flatten(caches, cross_caches):
         if k > 0:
             out += [t for kv in cross_caches[k] for t in kv]
     return out
+
+
+def _unflatten(c, flat: list) -> tuple[list, list, list]:
+    """The graph inputs after ids and positions, in `_caches` order, back into per-stack
+    self caches, cross caches (None for stack 0) and the memories memory.1 .. memory.{p-1}."""
+
+    def take_kv(n: int):
+        pairs = [(flat[2 * i], flat[2 * i + 1]) for i in range(n)]
+        del flat[: 2 * n]
+        return pairs
+
+    caches, cross_caches = [], [None]
+    for k in range(c.n_stacks):
+        caches.append(take_kv(c.layers_in(k)))
+        if k > 0:
+            cross_caches.append(take_kv(c.layers_in(k)))
+    return caches, cross_caches, flat
 
 
 class StagFormerPrefillGraph(torch.nn.Module):
@@ -114,19 +158,7 @@ class StagFormerStepGraph(torch.nn.Module):
 
     def forward(self, input_ids, positions, cache_length, *flat):
         c = self.model.config
-        flat = list(flat)
-
-        def take_kv(n: int):
-            pairs = [(flat[2 * i], flat[2 * i + 1]) for i in range(n)]
-            del flat[: 2 * n]
-            return pairs
-
-        caches, cross_caches = [], [None]
-        for k in range(c.n_stacks):
-            caches.append(take_kv(c.layers_in(k)))
-            if k > 0:
-                cross_caches.append(take_kv(c.layers_in(k)))
-        memories = flat  # memory.1 .. memory.{p-1}
+        caches, cross_caches, memories = _unflatten(c, list(flat))
         logits, new_caches, new_cross, outs = self.model.step_cached(
             input_ids, positions, cache_length, caches, cross_caches, memories
         )
@@ -135,16 +167,29 @@ class StagFormerStepGraph(torch.nn.Module):
                 *(outs[k] for k in ordered))
 
 
+class StagFormerExtendGraph(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, positions, *flat):
+        c = self.model.config
+        caches, cross_caches, memories = _unflatten(c, list(flat))
+        logits, new_caches, new_cross, handoffs = self.model.extend(input_ids, positions, caches, cross_caches, memories)
+        return (logits, *_flatten(new_caches, new_cross), *handoffs)
+
+
 class StagFormerExporter(FamilyExporter):
     def __init__(self, family: str = "stagformer"):
         # PASTA's models are StagFormers: the same graphs, under the "pasta" family name
         super().__init__(family=family, atol=1e-4)
 
     def graph_specs(self, config) -> list[GraphSpec]:
-        return [prefill_spec(config), step_spec(config)]
+        return [prefill_spec(config), extend_spec(config), step_spec(config)]
 
     def graph_module(self, model, spec):
-        return {"prefill": StagFormerPrefillGraph, "step": StagFormerStepGraph}[spec.role](model)
+        return {"prefill": StagFormerPrefillGraph, "extend": StagFormerExtendGraph,
+                "step": StagFormerStepGraph}[spec.role](model)
 
     def sequential_depth_per_token(self, config, split: bool) -> int:
         # split: the stacks of one step run side by side; one graph runs them in turn
@@ -152,7 +197,8 @@ class StagFormerExporter(FamilyExporter):
 
     def decode(self, config, split: bool) -> dict:
         step = [f"stage.{k}" for k in range(config.n_stacks)] if split else ["step"]
-        return {"shape": "decoder_only", "once": "prefill", "step": step}
+        return {"shape": "decoder_only", "once": "prefill", "extend": "extend", "prefix_block": PREFIX_BLOCK,
+                "step": step}
 
     def schedule(self, config, split: bool) -> list[dict]:
         decode = (
@@ -165,4 +211,6 @@ class StagFormerExporter(FamilyExporter):
              "to": f"stage.{k + 1}" if split else "step", "input": f"memory.{k + 1}", "when": "next step"}
             for k in range(config.n_stacks - 1)
         ]
-        return [{"stage": "prefill", "graphs": ["prefill"], "runs": "once per request"}, {**decode, "handoffs": handoffs}]
+        prefill = {"stage": "prefill", "graphs": ["prefill", "extend"],
+                   "runs": f"once per request: prefill the first {PREFIX_BLOCK} prompt tokens, extend each further block"}
+        return [prefill, {**decode, "handoffs": handoffs}]

@@ -325,6 +325,33 @@ class StagFormerModel(nn.Module):
                 logits = logits_k
         return logits, new_caches, new_cross, outs
 
+    def extend(self, input_ids, positions, caches, cross_caches, memories):
+        """Tn new tokens per row after a past of P >= 1 tokens whose caches are given at their
+        exact length (no padding): a prompt prefilled block by block (runtimes/prefix_cache.py).
+
+        caches[k][l]: [B, H, P, Dh]; cross_caches[k][l] (k > 0): [B, H, P-1, Dh], stack k-1's
+        outputs at slots 0..P-2; memories[k-1]: [B, 1, D], its output at slot P-1. Returns the
+        logits at the last new token [B, 1, V], per stack the new self entries (slots P..P+Tn-1)
+        and cross entries (stack k-1's outputs at slots P-1..P+Tn-2), and each stack's output
+        at the last new slot: what a step, or the next block, continues from.
+        """
+        b, n = input_ids.shape
+        past = caches[0][0][0].shape[2]
+        x0 = self.embed(input_ids) + self.pos(positions)
+        self_allowed, cross_allowed = self.masks(torch.ones(b, past + n, dtype=torch.long, device=x0.device), n)
+        new_caches, new_cross, handoffs, previous, logits = [], [], [], None, None
+        for k in range(self.config.n_stacks):
+            memory = torch.cat([memories[k - 1], previous.narrow(1, 0, n - 1)], dim=1) if k > 0 else None
+            out, presents, cross_presents, logits_k = self.stacks[k](
+                x0, self_allowed, caches[k], cross_allowed, cross_caches[k] if k > 0 else None, memory)
+            new_caches.append([(key.narrow(2, past, n), value.narrow(2, past, n)) for key, value in presents])
+            new_cross.append([(key.narrow(2, past - 1, n), value.narrow(2, past - 1, n)) for key, value in cross_presents])
+            handoffs.append(out.narrow(1, n - 1, 1))
+            previous = out
+            if logits_k is not None:
+                logits = logits_k.narrow(1, n - 1, 1)
+        return logits, new_caches, new_cross, handoffs
+
     @torch.inference_mode()
     def generate_recurrent(self, prompt: torch.Tensor, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Recurrent decoding (shared weights): prefill with every stack, then one pass of the

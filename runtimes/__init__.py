@@ -25,6 +25,7 @@ from .engine import Engine
 from .model import LoadedModel, TokenStream
 from .policies import Decoding, decoding_for
 from .policies.pasta import SCHEDULES as PASTA_SCHEDULES
+from .prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache, check_bound, unsupported_reason
 from .requests import RowResult, TokenEvent
 from .sampling import SamplingOptions
 from .scheduler import Scheduler
@@ -35,7 +36,8 @@ SCHEDULES = Decoding.schedules
 
 def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, verify: bool = True,
          schedule: str | None = None, low_memory: bool = False, max_batch: int = 32,
-         max_queue: int = 256, trusted_key: str | Path | None = None) -> LoadedModel:
+         max_queue: int = 256, trusted_key: str | Path | None = None,
+         prefix_cache_mb: float | None = None) -> LoadedModel:
     """Load a compiled artifact: verify it, create every session, start its scheduler.
 
     `threads` is the total intra-op thread budget (default: all cores); `schedule`
@@ -47,6 +49,10 @@ def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, 
     batch > 1); `max_batch` rows share a step at most, `max_queue` requests may wait.
     `trusted_key` (a PEM public key): refuse, before reading anything, an artifact that is
     not signed by it or whose files changed since (runtimes/signature.py; the sign extra).
+    `prefix_cache_mb` bounds the prefix cache (runtimes/prefix_cache.py): whole blocks of
+    prompt tokens computed once and reused by every later prompt that starts with them;
+    None: DEFAULT_PREFIX_CACHE_MB where the artifact supports it, 0: off (outputs are the
+    same either way). Asking for one where the artifact cannot share prefixes says why.
     Use it as a context manager, or call `close()`, to stop its threads.
     """
     if trusted_key is not None:
@@ -54,8 +60,10 @@ def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, 
 
         verify_artifact(path, trusted_key)
     artifact = read_artifact(path, verify=verify)
+    if prefix_cache_mb is not None:
+        check_bound(prefix_cache_mb, 0)  # not a number, or negative: refused before any session is made
     try:
-        return _build(artifact, target, threads, schedule, low_memory, max_batch, max_queue)
+        model = _build(artifact, target, threads, schedule, low_memory, max_batch, max_queue)
     except EdgeseqError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as e:
@@ -63,6 +71,28 @@ def load(path: str | Path, target: str = "ort-cpu", threads: int | None = None, 
         # or damaged manifest is named as such, never a traceback from deep in the engine
         raise LoadError(f"the manifest of {artifact.path} is malformed ({type(e).__name__}: {e})",
                         "recompile the artifact with `edgeseq compile`") from e
+    try:
+        attach_prefix_cache(model.engine, artifact, prefix_cache_mb)
+    except BaseException:
+        model.close()
+        raise
+    return model
+
+
+def attach_prefix_cache(engine: Engine, artifact: Artifact, prefix_cache_mb: float | None) -> None:
+    """Give the engine its prefix cache, where the artifact supports one and the bound is not 0."""
+    reason = unsupported_reason(artifact.manifest)
+    if prefix_cache_mb is not None:
+        capacity = check_bound(prefix_cache_mb, engine.block_bytes if reason is None else 0)
+        if capacity and reason is not None:
+            raise LoadError(f"prefix caching does not apply to {artifact.path}: {reason}",
+                            "load it without prefix_cache_mb (or with 0)")
+    elif reason is None:
+        capacity = check_bound(DEFAULT_PREFIX_CACHE_MB, engine.block_bytes)
+    else:
+        capacity = 0
+    if capacity:
+        engine.prefix_cache = PrefixCache(artifact.digest, engine.block_tokens, capacity)
 
 
 def _build(artifact: Artifact, target: str, threads: int | None, schedule: str | None, low_memory: bool,

@@ -49,6 +49,11 @@ class Artifact:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    @property
+    def digest(self) -> str:
+        """The manifest's SHA-256 (it holds every file's): this artifact's identity."""
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
+
 
 TOKEN_KEYS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
 

@@ -18,10 +18,12 @@ import threading
 import numpy as np
 
 from edgeseq.errors import GenerateError, LoadError, StepError
+from edgeseq.graph_spec import PREFIX_BLOCK
 
 from .artifact import Artifact
 from .backend import Backend
 from .kv_cache import BufferSpec, CacheManager
+from .prefix_cache import PrefixCache
 from .requests import Row
 
 STATE_ROLES = ("cache", "encoder_output", "handoff")
@@ -116,6 +118,12 @@ class Engine:
             raise LoadError(f"no graph of the step ({', '.join(self.step_graphs)}) has a logits output in the manifest",
                             "recompile the artifact with `edgeseq compile`")
         self.once_logits = next((t["name"] for t in graphs[self.once]["outputs"] if t["role"] == "logits"), None)
+        # a decoder-only artifact with an extend graph prefills block by block (see `_admit_blocked`)
+        self.extend = decode.get("extend") if self.shape == "decoder_only" and decode.get("extend") in graphs else None
+        self.block_tokens = int(decode.get("prefix_block", PREFIX_BLOCK))
+        self.extend_logits = next((t["name"] for t in graphs[self.extend]["outputs"] if t["role"] == "logits"),
+                                  None) if self.extend else None
+        self.prefix_cache: PrefixCache | None = None  # set by load() where the artifact supports one
         self.ids = np.zeros((max_rows, 1), dtype=np.int64)
         self.positions = np.zeros((max_rows, 1), dtype=np.int64)
         self._feeds: tuple | None = None  # (key, per-graph feeds) of wrapped views, remade when rows change
@@ -192,6 +200,8 @@ class Engine:
         starts its first step from bos (no logits yet). Decoder-only: the prefill fills the
         rows' caches and returns each row's logits for its first generated token.
         """
+        if self.extend is not None:
+            return [self._admit_blocked(s) for s in rows]
         c = self.cache
         feeds, outputs = self.run_once([s.prompt for s in rows])
         if self.shape == "encoder_decoder":
@@ -220,6 +230,105 @@ class Engine:
             c.lengths[slot] = length
             s.position = length
         return [logits[i, -1] for i in range(len(rows))]
+
+    # ----- blocked prefill and the prefix cache ---------------------------------------------------
+    @property
+    def block_bytes(self) -> int:
+        """What one prefix-cache block of this model holds: every cache's entries for its
+        tokens and the handoffs at its end."""
+        total = 0
+        for name, t in self.state.items():
+            spec = self.cache.specs[name]
+            size = int(np.prod([d for d in t["dims"] if isinstance(d, int)])) * spec.dtype.itemsize
+            total += size * (self.block_tokens if t["role"] == "cache" else 1)
+        return total
+
+    def _admit_blocked(self, row: Row) -> np.ndarray:
+        """Prefill one row's prompt block by block: the first block by the prefill graph, each
+        further one by the extend graph over the row's caches before it, each at batch 1 and at
+        the exact length. The whole blocks found in the prefix cache are copied in instead of
+        computed: since every prompt is prefilled this way, cache on or off, a restored block
+        holds the bits its prefill computes, and so do the logits. The block holding the
+        prompt's last token is always computed (its logits choose the first new token)."""
+        c, cache, size = self.cache, self.prefix_cache, self.block_tokens
+        prompt = row.prompt
+        c.reserve("cache", len(prompt) + 1)
+        slot = c.add_row(row)
+        keys = cache.keys(prompt, row.request.cache_salt) if cache is not None else []
+        hits = cache.lookup(keys[: (len(prompt) - 1) // size]) if cache is not None else []
+        try:
+            handoffs: dict[str, np.ndarray] = {}
+            for j, block in enumerate(hits):
+                for name, entries in block.entries.items():
+                    start = max(0, j * size - c.specs[name].lag)
+                    c.buffers[name][slot, :, start:start + entries.shape[1]] = entries
+                handoffs = block.handoffs
+            logits = None
+            for begin in range(len(hits) * size, len(prompt), size):
+                chunk = prompt[begin:begin + size]
+                logits, handoffs = self._prefill_block(slot, chunk, begin, handoffs)
+                j = begin // size
+                if cache is not None and j < len(keys):
+                    cache.insert(keys[j], self._block_entries(slot, j), handoffs)
+            if cache is not None:
+                cache.stats.hit_tokens += len(hits) * size
+                cache.stats.miss_tokens += len(prompt) - len(hits) * size
+        finally:
+            if cache is not None:
+                cache.unpin(hits)
+        for name, source in self.handoff_sources.items():
+            c.write_row(name, slot, handoffs[source][0])
+        c.lengths[slot] = len(prompt)
+        row.position = len(prompt)
+        self.prefilled_rows += 1
+        return logits
+
+    def _block_entries(self, slot: int, j: int) -> dict[str, np.ndarray]:
+        """Row `slot`'s cache entries of block j (a lagging cache's are `lag` slots earlier)."""
+        size, c = self.block_tokens, self.cache
+        out = {}
+        for name, spec in c.specs.items():
+            if spec.role == "cache":
+                start, end = max(0, j * size - spec.lag), (j + 1) * size - spec.lag
+                out[name] = c.buffers[name][slot, :, start:end]
+        return out
+
+    def _prefill_block(self, slot: int, chunk: list[int], begin: int, handoffs: dict[str, np.ndarray]
+                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One block of a row's prompt at prompt slot `begin`: its entries written into the
+        row's caches; returns the logits at its last token and the graph's handoff outputs."""
+        c, numpy = self.cache, self.backend.numpy
+        ids = np.asarray([chunk], dtype=np.int64)
+        positions = np.arange(begin, begin + len(chunk), dtype=np.int64)[None]
+        if begin == 0:
+            by_role = {"token_ids": ids, "positions": positions, "mask": np.ones_like(ids)}
+            outputs = self._run(self.once, {t["name"]: by_role[t["role"]] for t in self.graph_inputs[self.once]})
+            for name, t in self.state.items():
+                if t["role"] == "cache" and t.get("init"):
+                    c.write_prefix(name, slot, numpy(outputs[t["init"]])[0])
+            logits = numpy(outputs[self.once_logits])[0, -1]
+        else:
+            feeds, writes = {}, []
+            for t in self.graph_inputs[self.extend]:
+                name, role = t["name"], t["role"]
+                if role == "token_ids":
+                    feeds[name] = ids
+                elif role == "positions":
+                    feeds[name] = positions
+                elif role == "cache":
+                    end = begin - c.specs[name].lag
+                    feeds[name] = np.ascontiguousarray(c.buffers[name][slot:slot + 1, :, :end])
+                    writes.append((name, t["source"], end))
+                else:  # a handoff: the previous block's output
+                    feeds[name] = handoffs[t["source"]]
+            outputs = self._run(self.extend, feeds)
+            for name, source, at in writes:
+                values = numpy(outputs[source])[0]
+                c.buffers[name][slot, :, at:at + values.shape[1]] = values
+            logits = numpy(outputs[self.extend_logits])[0, -1]
+        handoff_names = {source for source in self.handoff_sources.values()} | {
+            t["source"] for t in self.graph_inputs[self.extend] if t["role"] == "handoff"}
+        return logits, {name: np.array(numpy(outputs[name])) for name in handoff_names if name in outputs}
 
     def step(self, rows: list[Row]) -> np.ndarray:
         """One token for every active row (`rows` are the cache's owners in slots 0..n-1, in slot order):

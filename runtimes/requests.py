@@ -95,6 +95,7 @@ class Request:
     streamed: bool = False
     stream_index: int = 0  # the first RNG stream of its rows: row i draws from (seed, stream_index + i)
     logprobs: int | None = None  # per token its log-probability and the K best alternatives (None: off)
+    cache_salt: str | None = None  # prefix-cache blocks are shared only among requests of one salt
     id: int = field(default_factory=lambda: next(_ids))
     policy: Any = None  # set by the decoding that made the request (runtimes/policies/)
     rows: list[Row] = field(default_factory=list)

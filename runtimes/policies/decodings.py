@@ -40,6 +40,16 @@ def deadline_after(timeout: float | None) -> float | None:
     return time.monotonic() + timeout if timeout is not None else None
 
 
+def cache_salt(options: dict[str, Any]) -> str | None:
+    """The call's `cache_salt` (prefix-cache blocks are shared only among requests with the
+    same one, as vLLM's), checked."""
+    salt = options.get("cache_salt")
+    if salt is not None and not isinstance(salt, str):
+        raise GenerateError(f"cache_salt={salt!r} is not a string",
+                            "pass a string (e.g. the tenant's id), or leave it unset to share blocks across requests")
+    return salt
+
+
 def decoding_for(artifact: Artifact) -> "Decoding":
     """The decoding an artifact's manifest asks for."""
     for cls in DECODINGS:
@@ -57,7 +67,7 @@ class Decoding:
     section: str | None = None
     schedules: tuple[str, ...] = ("concurrent", "sequential", "recurrent")
     options: tuple[str, ...] = (*BEAM_OPTIONS, *PROCESSOR_OPTIONS, "logprobs", "stop_strings",
-                                 "include_stop_str_in_output", "use_generation_defaults")
+                                 "include_stop_str_in_output", "use_generation_defaults", "cache_salt")
     min_rows = 1
     default_max_new_tokens = 32
     vocabulary: dict[str, int] = {}  # names of token ids, where the artifact has them (shown by the CLI)
@@ -147,12 +157,13 @@ class Decoding:
             raise GenerateError(f"logprobs={logprobs!r} must be a whole number from 0 to 20",
                                 "ask for 0 (each token's own) up to 20 alternatives per token")
         stop_strings = self.stop_strings(options, beam.num_beams > 1)
+        salt = cache_salt(options)
         deadline = deadline_after(timeout)
         out = []
         for b, (row, history, budget) in enumerate(zip(rows, histories, budgets)):
             # `history`: what the processors see, as transformers' input_ids: the prompt, or the decoder's start token
             request = Request(row, budget, stops, sampling, deadline=deadline, return_logits=return_logits,
-                              streamed=streamed, stream_index=b * n, logprobs=logprobs)
+                              streamed=streamed, stream_index=b * n, logprobs=logprobs, cache_salt=salt)
             processors = Processors(processing, stops, len(history), budget, row) if processing.active else None
             if beam.num_beams > 1:
                 request.policy = BeamPolicy(request, beam, processors, history, stops)
@@ -222,7 +233,7 @@ class PastaDecoding(Decoding):
     name = "pasta"
     section = "pasta"
     schedules = PASTA_SCHEDULES
-    options = ("budgets", "schedule", "forced", "num_beams")  # num_beams: only 1
+    options = ("budgets", "schedule", "forced", "num_beams", "cache_salt")  # num_beams: only 1
     min_rows = 2
 
     def __init__(self, artifact: Artifact):
@@ -269,12 +280,13 @@ class PastaDecoding(Decoding):
             if len(forced) != len(rows):
                 raise GenerateError(f"{len(forced)} forced answers for {len(rows)} prompts", "give one forced answer per prompt")
             forced = [normalize_input(answer, self.config["vocab_size"])[0] if len(answer) else [] for answer in forced]
+        salt = cache_salt(options)
         deadline = deadline_after(timeout)
         out = []
         for b, row in enumerate(rows):
             for i in range(n):  # n documents of one prompt, each its own RNG streams
                 request = Request(row, budgets.max_tokens, frozenset([self.tags.eos]), sampling, deadline,
-                                  return_logits, streamed, b * n + i)
+                                  return_logits, streamed, b * n + i, cache_salt=salt)
                 request.policy = PastaPolicy(request, self.tags, self.config, budgets, schedule,
                                              forced[b] if forced is not None else None)
                 out.append(request)
