@@ -1,4 +1,5 @@
-"""RED -> ONNX: an encoder graph and a decoder-step graph.
+"""RED -> ONNX: an encoder graph, a decoder-step graph and, for a causal encoder, an
+encoder-extend graph (the source encoded block by block, which the prefix cache reuses).
 
 The encoder emits, per decoder layer, the source keys and values that layer attends to.
 The decoder step takes one new token per row, those source keys/values as a read-only
@@ -10,7 +11,7 @@ share_parameters the two graphs name the same weights, which the artifact stores
 
 import torch
 
-from edgeseq.graph_spec import GraphSpec, TensorSpec
+from edgeseq.graph_spec import PREFIX_BLOCK, GraphSpec, TensorSpec
 
 from .base import FamilyExporter
 
@@ -64,6 +65,38 @@ def decoder_step_spec(c) -> GraphSpec:
     )
 
 
+def encoder_extend_spec(c) -> GraphSpec:
+    """A causal encoder over a block of source tokens after earlier ones, whose encoder
+    keys/values it reads at their exact length (`enc_past_*`, each naming with `source` the
+    output holding the block's entries): how the runtime encodes a source block by block,
+    so that blocks restored from the prefix cache hold what it would compute."""
+    h, dh = c.n_heads, c.d_model // c.n_heads
+    return GraphSpec(
+        name="encoder_extend",
+        role="extend",
+        inputs=(
+            TensorSpec("source_ids", "int64", ("batch", "new"), "token_ids", role="token_ids"),
+            TensorSpec("positions", "int64", ("batch", "new"), "positions", role="positions"),
+            *(t for i in range(c.n_layers) for t in kv_pair("enc_past", i, h, "past", dh, role="cache", source="enc_new")),
+        ),
+        outputs=(
+            *(t for i in range(c.n_layers) for t in kv_pair("enc_new", i, h, "new", dh, role="new_cache")),
+            *(t for i in range(c.n_layers) for t in kv_pair("source", i, h, "new", dh, role="encoder_output")),
+        ),
+    )
+
+
+class RedEncoderExtendGraph(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, source_ids, positions, *past):
+        past = [(past[2 * i], past[2 * i + 1]) for i in range(self.model.config.n_layers)]
+        new, source_kv = self.model.encode_extend(source_ids, positions, past)
+        return (*(t for kv in new for t in kv), *(t for kv in source_kv for t in kv))
+
+
 class RedEncoderGraph(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
@@ -92,19 +125,26 @@ class RedExporter(FamilyExporter):
         super().__init__(family="red", atol=1e-4)
 
     def graph_specs(self, config) -> list[GraphSpec]:
-        return [encoder_spec(config), decoder_step_spec(config)]
+        extend = [encoder_extend_spec(config)] if config.causal_encoder else []
+        return [encoder_spec(config), *extend, decoder_step_spec(config)]
 
     def graph_module(self, model, spec):
-        return {"encoder": RedEncoderGraph, "decoder_step": RedDecoderStepGraph}[spec.role](model)
+        return {"encoder": RedEncoderGraph, "extend": RedEncoderExtendGraph,
+                "decoder_step": RedDecoderStepGraph}[spec.role](model)
 
     def sequential_depth_per_token(self, config, split: bool) -> int:
         return config.n_layers
 
     def decode(self, config, split: bool) -> dict:
-        return {"shape": "encoder_decoder", "once": "encoder", "step": ["decoder_step"]}
+        decode = {"shape": "encoder_decoder", "once": "encoder", "step": ["decoder_step"]}
+        if config.causal_encoder:  # a causal encoder's prefix states do not depend on what follows
+            decode |= {"extend": "encoder_extend", "prefix_block": PREFIX_BLOCK}
+        return decode
 
     def schedule(self, config, split: bool) -> list[dict]:
+        encode = (["encoder_extend"], f"once per request, one call per {PREFIX_BLOCK} source tokens") \
+            if config.causal_encoder else (["encoder"], "once per request")
         return [
-            {"stage": "encode", "graphs": ["encoder"], "runs": "once per request"},
+            {"stage": "encode", "graphs": encode[0], "runs": encode[1]},
             {"stage": "decode", "graphs": ["decoder_step"], "runs": "once per generated token"},
         ]

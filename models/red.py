@@ -154,6 +154,31 @@ class RedModel(nn.Module):
             memories = [self.encoder_norm(x)] * c.n_layers
         return [self._source_kv(i, memories[i]) for i in range(c.n_layers)], x
 
+    def encode_extend(self, source_ids: torch.Tensor, positions: torch.Tensor, past: list[KV]
+                      ) -> tuple[list[KV], list[KV]]:
+        """A causal encoder over a block of Tn source tokens after P earlier ones (P may be 0),
+        whose encoder keys/values past[l] [B, H, P, Dh] are given at their exact length: a
+        source prefilled block by block (runtimes/prefix_cache.py). Returns the block's
+        encoder keys/values per layer and the source keys/values each decoder layer reads
+        for it, [B, H, Tn, Dh] each: `encode` over the whole source, cut into blocks."""
+        c = self.config
+        n_new, n_past = source_ids.shape[1], past[0][0].shape[2]
+        x = self.embed(source_ids) + self.pos(positions)
+        allowed = causal_allowed(n_new, n_past, x.device)[None, None]  # [1, 1, Tn, P+Tn]
+        memories, new = [], []
+        for i in range(c.n_layers):
+            layer = self.encoder_layer(i)
+            memories.append(x)
+            h = layer.attn_norm(x)
+            k, v = layer.attn.keys_values(h)
+            new.append((k, v))
+            key, value = torch.cat([past[i][0], k], dim=2), torch.cat([past[i][1], v], dim=2)
+            x = x + layer.attn.output(attend(layer.attn.query(h), key, value, allowed))
+            x = x + layer.mlp(layer.mlp_norm(x))
+        if not c.layerwise_coordination:
+            memories = [self.encoder_norm(x)] * c.n_layers
+        return new, [self._source_kv(i, memories[i]) for i in range(c.n_layers)]
+
     def _source_kv(self, i: int, memory: torch.Tensor) -> KV:
         layer = self.layers[i]
         if self.config.unidirectional_cross_attention:

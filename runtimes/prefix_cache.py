@@ -61,12 +61,10 @@ class PrefixCacheStats:
 def unsupported_reason(manifest: dict) -> str | None:
     """Why an artifact cannot share prompt prefixes (one line), or None where it can."""
     decode, config = manifest["decode"], manifest["model_config"]
-    if decode["shape"] == "decoder_only":
-        if decode.get("extend") in manifest["graphs"]:
-            return None
+    if decode.get("extend") in manifest["graphs"]:
+        return None
+    if decode["shape"] == "decoder_only" or config.get("causal_encoder"):
         return "this artifact was compiled without the extend graph a blocked prefill needs; recompile it"
-    if config.get("causal_encoder"):
-        return "this edgeseq does not yet cache a RED causal encoder's source states"
     return ("its encoder reads the whole source at once (bidirectional attention), so a prefix's states "
             "depend on the tokens after it")
 
