@@ -294,6 +294,10 @@ def inspect_cmd(artifact, as_json):
             group_names(g["inputs"]), group_names(g["outputs"]),
         )
     out_console.print(table)
+    cache = info["prefix_cache"]
+    out_console.print(f"prefix cache: blocks of {cache['block_tokens']} prompt tokens (default bound {cache['default_mb']:g} MB; "
+                      "--prefix-cache-mb 0 turns it off)" if cache["supported"] else f"prefix cache: off ({cache['reason']})",
+                      highlight=False)
     out_console.print(
         f"parameters {s['parameters']:,} ({s['weight_bytes'] / 1e6:.2f} MB stored once), "
         f"artifact {info['total_bytes'] / 1e6:.2f} MB\n"
@@ -409,10 +413,12 @@ def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, schedule,
               help="One stderr line per request: id, status, tokens, duration (never the prompt).")
 @click.option("--trusted-key", type=click.Path(path_type=Path), default=None,
               help="Refuse the artifact unless it is signed by this public key (PEM) and unchanged since.")
+@click.option("--prefix-cache-mb", type=float, default=None,
+              help="Bound of the prefix cache in MB (0: off; default: 256 where the artifact supports it).")
 @handle_errors
 def serve(artifact, host, port, name, max_batch, max_queue, timeout, max_tokens, max_rows, max_body_bytes,
           drain_timeout, threads, target, api_keys, api_key_file, no_auth, public_metrics, ssl_certfile, ssl_keyfile,
-          ssl_keyfile_password, ssl_ca_certs, ssl_client_cert, access_log, trusted_key):
+          ssl_keyfile_password, ssl_ca_certs, ssl_client_cert, access_log, trusted_key, prefix_cache_mb):
     """Serve ARTIFACT over HTTP: OpenAI-style /v1/completions and /v1/models, Open Inference Protocol v2, /metrics."""
     require("serve", "serve")
     from edgeseq.serving import ServeLimits, run_server
@@ -432,7 +438,7 @@ def serve(artifact, host, port, name, max_batch, max_queue, timeout, max_tokens,
                           "(SIGTERM or Ctrl-C stops it)", highlight=False)
 
     run_server(artifact, host, port, name, limits, threads, max_batch, max_queue, target, on_ready=ready, auth=auth,
-               no_auth=no_auth, tls=tls, access_log=access_log, trusted_key=trusted_key)
+               no_auth=no_auth, tls=tls, access_log=access_log, trusted_key=trusted_key, prefix_cache_mb=prefix_cache_mb)
 
 
 @cli.command()

@@ -3,7 +3,9 @@
 from pathlib import Path
 from typing import Any
 
+from edgeseq.graph_spec import PREFIX_BLOCK
 from edgeseq.runtimes.artifact import read_artifact
+from edgeseq.runtimes.prefix_cache import DEFAULT_PREFIX_CACHE_MB, unsupported_reason
 from edgeseq.runtimes.signature import SIGNATURE_FILE
 
 
@@ -16,6 +18,15 @@ def roofline(weight_bytes_per_token: int, bandwidth_gb_s: float | None = None) -
         bandwidth_gb_s = measure_bandwidth(megabytes=64, repeats=3)
     return {"bandwidth_gb_s": bandwidth_gb_s, "weight_bytes_per_token": weight_bytes_per_token,
             "tok_s_b1": bandwidth_gb_s * 1e9 / weight_bytes_per_token}
+
+
+def prefix_cache_support(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Whether the artifact's prompts can share cached prefix blocks (runtimes/prefix_cache.py), and why not."""
+    reason = unsupported_reason(manifest)
+    if reason is None:
+        return {"supported": True, "block_tokens": manifest["decode"].get("prefix_block", PREFIX_BLOCK),
+                "default_mb": DEFAULT_PREFIX_CACHE_MB}
+    return {"supported": False, "reason": reason}
 
 
 def inspect_artifact(path: str | Path, verify: bool = True, bandwidth_gb_s: float | None = None) -> dict[str, Any]:
@@ -50,6 +61,7 @@ def inspect_artifact(path: str | Path, verify: bool = True, bandwidth_gb_s: floa
         "files": {name: f["bytes"] for name, f in files.items()},
         # whether an `edgeseq sign` signature is present (checked only by verify / --trusted-key)
         "signed": (artifact.path / SIGNATURE_FILE).is_file(),
+        "prefix_cache": prefix_cache_support(m),
         "total_bytes": sum(f["bytes"] for f in files.values()),
         "tokenizer": m.get("tokenizer"),  # {"file", "vocab_size"} when text works, else None
         "pruning": m.get("pruning"),

@@ -49,7 +49,7 @@ def check_parity(artifacts, name, split):
     _, model = load_checkpoint(ckpt)
     graphs = read_artifact(art).manifest["graphs"]
     expected = {f"stage.{k}" for k in range(GRID[name]["n_stacks"])} if split else {"step"}
-    assert set(graphs) == {"prefill", *expected}
+    assert set(graphs) == {"prefill", "extend", *expected}  # extend: the blocked prefill (prefix cache)
     for schedule in ("concurrent", "sequential"):
         report = decoder_only_parity(load(art, schedule=schedule), model, ATOL, steps=64, cases=CASES)
         for case in report["cases"]:

@@ -79,12 +79,15 @@ class CompletionRequest(BaseModel):
     logprobs: int | None = None  # OpenAI: per token its log-probability and this many alternatives
     echo: bool = False  # OpenAI: the prompt before the completion (its tokens' logprobs are null)
     user: str | None = None  # OpenAI: an end-user id for abuse monitoring; accepted and ignored
+    # vLLM's: prefix-cache blocks are shared only among requests with the same salt (a tenant's id)
+    cache_salt: str | None = Field(None, description="prefix-cache blocks are shared only among requests with the same salt")
 
     def decoding(self) -> dict:
         """The extension fields the client set, as generate() takes them (`n` hypotheses of a beam search)."""
         names = ("num_beams", "length_penalty", "early_stopping", "repetition_penalty", "no_repeat_ngram_size",
                  "encoder_no_repeat_ngram_size", "min_length", "min_new_tokens", "forced_bos_token_id",
-                 "forced_eos_token_id", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "logprobs")
+                 "forced_eos_token_id", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "logprobs",
+                 "cache_salt")
         out = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
         if self.min_tokens is not None and "min_new_tokens" not in out:
             out["min_new_tokens"] = self.min_tokens

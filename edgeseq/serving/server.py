@@ -31,7 +31,7 @@ def run_server(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, 
                limits: ServeLimits | None = None, threads: int | None = None, max_batch: int = 32,
                max_queue: int = 256, target: str = "ort-cpu", on_ready=None, auth: AuthPolicy | None = None,
                no_auth: bool = False, tls: TLSOptions | None = None, access_log: bool = True,
-               trusted_key: str | Path | None = None) -> None:
+               trusted_key: str | Path | None = None, prefix_cache_mb: float | None = None) -> None:
     import uvicorn
 
     from edgeseq.runtimes import load
@@ -43,7 +43,7 @@ def run_server(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, 
     if access_log:
         log_access_to_stderr()
     model = load(artifact, target=target, threads=threads, max_batch=max_batch, max_queue=max_queue,
-                 trusted_key=trusted_key)
+                 trusted_key=trusted_key, prefix_cache_mb=prefix_cache_mb)
     name = name or Path(artifact).resolve().name
     app = build_app(model, name, limits, close_model=True, auth=auth)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
