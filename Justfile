@@ -21,6 +21,7 @@ bench:
     .venv/bin/python benchmarks/stagformer.py
     .venv-bench/bin/python benchmarks/nash.py
     .venv/bin/python benchmarks/engine.py
+    .venv/bin/python benchmarks/prefix_cache.py
     .venv/bin/python benchmarks/attention_kernels.py
     .venv/bin/python benchmarks/int8_kernels.py
     .venv/bin/python benchmarks/int8_quality.py

@@ -5,6 +5,10 @@ lengths and different max_new_tokens (greedy); the same calls are then made one 
 by one client. Both run on the same loaded model in every round, the order alternating
 between rounds; each figure is the median over rounds.
 
+`shared_prefix_report`: time to first token of N concurrent requests that share a long
+prompt prefix, with the prefix cache on against off (two loads of the artifact, order
+alternating), and the same for N requests that share nothing (what the cache costs).
+
 `step_ms_by_position`: the time of one decode step at batch 1 with the cache filled to a
 position, beside what that step must read (every weight once, plus the whole cache
 capacity the step attends over) and the bandwidth roofline for those bytes.
@@ -20,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeseq.errors import GenerateError
 from edgeseq.runtimes import SamplingOptions, load, read_artifact
 from edgeseq.runtimes.backend import make_backend
 from edgeseq.runtimes.engine import Engine
@@ -119,6 +124,81 @@ def samples_first_token_report(path: str | Path, n: int = 4, threads: int | None
     one, many = statistics.median(samples[1]), statistics.median(samples[n])
     return {"n": n, "prompt_tokens": prompt_length, "rounds": rounds, "first_token_ms_n1": 1e3 * one,
             f"first_token_ms_n{n}": 1e3 * many, "ratio": many / one}
+
+
+def first_tokens_s(model, prompts: list[list[int]], salt: str | None = None) -> float:
+    """Every prompt streamed from its own thread at once; the mean seconds from the common
+    start to each request's first token."""
+    barrier = threading.Barrier(len(prompts) + 1)
+    waits: list[float] = [0.0] * len(prompts)
+    options = {"cache_salt": salt} if salt is not None else {}
+
+    def client(i: int) -> None:
+        barrier.wait()
+        start = time.perf_counter()
+        stream = model.stream(prompts[i], 2, stop_tokens=[], **options)
+        stream.next_event()
+        waits[i] = time.perf_counter() - start
+        stream.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    for t in threads:
+        t.join(timeout=600)
+    return sum(waits) / len(waits)
+
+
+def shared_prefix_report(path: str | Path, prefix_tokens: int = 512, clients: int = 16, suffix_tokens: int = 16,
+                         threads: int | None = None, rounds: int = 3, repetitions: int = 2,
+                         on_progress=None) -> dict[str, Any]:
+    """Mean time to first token of `clients` concurrent requests, prefix cache on against off:
+    `shared` prompts are one `prefix_tokens` prefix (cached by an earlier request, as in a
+    service whose instruction every request repeats) plus a fresh suffix each; `distinct`
+    prompts of the same length share nothing. Best of `repetitions` per round, order
+    alternating, median over rounds; every repetition draws new suffixes and new prompts,
+    so nothing but the shared prefix is ever found in the cache."""
+    say = on_progress or (lambda _: None)
+    rng = np.random.default_rng(0)
+    on = load(path, threads=threads, max_batch=clients)
+    off = load(path, threads=threads, max_batch=clients, prefix_cache_mb=0)
+    try:
+        if on.engine.prefix_cache is None:
+            raise GenerateError(f"{path} has no prefix cache to measure",
+                                "bench an artifact whose `edgeseq inspect` says it supports one")
+        vocab, limit = on.config["vocab_size"], on.config["max_positions"]
+        if prefix_tokens + suffix_tokens + 2 > limit:
+            raise GenerateError(f"a {prefix_tokens}-token prefix and {suffix_tokens}-token suffixes do not fit "
+                                f"max_positions={limit}", f"pass --shared-prefix of at most {limit - suffix_tokens - 2}")
+        prefix = rng.integers(3, vocab, size=prefix_tokens).tolist()
+
+        def prompts(shared: bool) -> list[list[int]]:
+            head = (lambda: prefix) if shared else (lambda: rng.integers(3, vocab, size=prefix_tokens).tolist())
+            return [head() + rng.integers(3, vocab, size=suffix_tokens).tolist() for _ in range(clients)]
+
+        for model in (on, off):  # warm-up; the cache-on model sees the prefix once, as a service would
+            model.generate([prefix + [3]], 2, stop_tokens=[])
+            first_tokens_s(model, prompts(False))
+        hits0 = on.engine.prefix_cache.stats.hit_tokens
+        samples: dict[str, list[float]] = {f"{case}_{state}": [] for case in ("shared", "distinct") for state in ("on", "off")}
+        for r in range(rounds):
+            say(f"shared prefix round {r + 1}/{rounds}")
+            order = (("on", on), ("off", off)) if r % 2 == 0 else (("off", off), ("on", on))
+            for case in ("shared", "distinct"):
+                for state, model in order:
+                    samples[f"{case}_{state}"].append(min(first_tokens_s(model, prompts(case == "shared"))
+                                                          for _ in range(repetitions)))
+        stats = on.engine.prefix_cache.stats.to_json()
+    finally:
+        on.close()
+        off.close()
+    ms = {k: 1e3 * statistics.median(v) for k, v in samples.items()}
+    return {"prefix_tokens": prefix_tokens, "suffix_tokens": suffix_tokens, "clients": clients, "rounds": rounds,
+            "first_token_ms": ms, "shared_speedup": ms["shared_off"] / ms["shared_on"],
+            "distinct_slowdown": ms["distinct_on"] / ms["distinct_off"],
+            "hit_tokens": stats["hit_tokens"] - hits0, "cache": stats,
+            "samples_ms": {k: [1e3 * x for x in v] for k, v in samples.items()}}
 
 
 def cache_bytes_per_step(engine: Engine) -> int:

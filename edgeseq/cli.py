@@ -362,12 +362,17 @@ def print_pruning(pruning) -> None:
 @click.option("--threads", default=1, show_default=True, type=int, help="Intra-op threads for every engine.")
 @click.option("--schedule", type=click.Choice(["concurrent", "sequential", "recurrent"]), default="concurrent", show_default=True, help="StagFormer: a step's stages concurrently, in turn, or recurrent (shared weights: last stack only).")
 @click.option("--concurrency", default=None, type=int, help="Also time N client threads calling generate at once vs one at a time.")
+@click.option("--shared-prefix", default=None, type=int, metavar="N",
+              help="Instead: time to first token of --concurrency (16) requests sharing an N-token prefix, prefix cache on vs off.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, schedule, concurrency, as_json):
+def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, schedule, concurrency, shared_prefix, as_json):
     """Time prefill and decode of ARTIFACT (optionally against PyTorch eager), with the roofline."""
     from edgeseq.bench import bench_artifact
 
+    if shared_prefix is not None:
+        bench_shared_prefix(artifact, shared_prefix, concurrency or 16, threads, rounds, as_json)
+        return
     if vs_torch is not None:
         require("compile", "bench --vs-torch")
     if concurrency is not None and concurrency < 1:
@@ -381,6 +386,25 @@ def bench(artifact, vs_torch, source_len, new_tokens, rounds, threads, schedule,
         emit_json(report)
         return
     print_bench(report)
+
+
+def bench_shared_prefix(artifact, prefix_tokens: int, clients: int, threads: int, rounds: int, as_json: bool) -> None:
+    from edgeseq.bench_engine import shared_prefix_report
+
+    if prefix_tokens < 1 or clients < 1:
+        raise BuildError(f"--shared-prefix {prefix_tokens} with {clients} clients", "pass a prefix and a client count of at least 1")
+    with stage_status(not as_json, "benchmarking the prefix cache") as say:
+        report = shared_prefix_report(artifact, prefix_tokens, clients, threads=threads, rounds=rounds, on_progress=say)
+    if as_json:
+        emit_json(report)
+        return
+    ms = report["first_token_ms"]
+    table = Table("prompts", "first token, cache on (ms)", "cache off (ms)", "on vs off")
+    table.add_row(f"{clients} sharing a {prefix_tokens}-token prefix", f"{ms['shared_on']:.1f}", f"{ms['shared_off']:.1f}",
+                  f"{report['shared_speedup']:.2f}x faster")
+    table.add_row(f"{clients} sharing nothing", f"{ms['distinct_on']:.1f}", f"{ms['distinct_off']:.1f}",
+                  f"{report['distinct_slowdown']:.3f}x the time")
+    out_console.print(table)
 
 
 @cli.command()

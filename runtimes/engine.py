@@ -267,25 +267,27 @@ class Engine:
         keys = cache.keys(prompt, row.request.cache_salt) if cache is not None else []
         reusable = (len(prompt) - 1) // size if decoder_only else len(prompt) // size
         hits = cache.lookup(keys[:reusable]) if cache is not None else []
-        carry = self._empty_carry()
+        carry, found = self._empty_carry(), len(hits)
         try:
             for j, block in enumerate(hits):
                 self._restore_block(slot, j, block, carry)
             logits = None
-            for begin in range(len(hits) * size, len(prompt), size):
+            for begin in range(found * size, len(prompt), size):
                 chunk = prompt[begin:begin + size]
                 if decoder_only and begin == 0:
                     logits = self._prefill_first_block(slot, chunk, carry)
                 else:
                     logits = self._extend_block(slot, chunk, begin, carry)
                 if cache is not None and begin // size < len(keys):
-                    cache.insert(keys[begin // size], *self._block_contents(slot, begin // size, carry))
+                    kept = cache.insert(keys[begin // size], *self._block_contents(slot, begin // size, carry))
+                    if kept is not None:
+                        hits.append(kept)  # pinned with the rest of the chain until the prefill ends
             if cache is not None:
-                cache.stats.hit_tokens += len(hits) * size
-                cache.stats.miss_tokens += len(prompt) - len(hits) * size
+                cache.stats.hit_tokens += found * size
+                cache.stats.miss_tokens += len(prompt) - found * size
         finally:
             if cache is not None:
-                cache.unpin(hits)
+                cache.release(hits)
         self.prefilled_rows += 1
         if decoder_only:
             for name, source in self.handoff_sources.items():

@@ -11,8 +11,9 @@ prefill of the next block reads.
 
 The blocks are copied into a request's own cache row at admission (the row's cache is one
 contiguous buffer the step reads in place; there are no paged blocks to point at). A block
-is pinned while a request reads it, and only unpinned blocks are evicted, least recently
-used first, under a bound in bytes. The cache is used from the scheduler's thread only;
+is pinned while a request reads or writes it (its whole chain, during its prefill), and
+only unpinned blocks are evicted, least recently used first, under a bound in bytes; a
+released chain's first block becomes the most recent, so chains are evicted tail first. The cache is used from the scheduler's thread only;
 `stats` may be read from any thread.
 
 Numbers do not change with the cache on (runtimes/engine.py): every prompt of an artifact
@@ -108,7 +109,7 @@ class PrefixCache:
         return keys
 
     def lookup(self, keys: list[bytes]) -> list[Block]:
-        """The cached blocks of the longest prefix of `keys`, pinned (unpin them when read)."""
+        """The cached blocks of the longest prefix of `keys`, pinned (`release` them when read)."""
         found = []
         for key in keys:
             block = self.blocks.get(key)
@@ -119,24 +120,33 @@ class PrefixCache:
             found.append(block)
         return found
 
-    def unpin(self, blocks: list[Block]) -> None:
-        for block in blocks:
+    def release(self, chain: list[Block]) -> None:
+        """A request is done reading `chain` (its prompt's blocks, first to last): unpin them,
+        and make the first the most recently used, so eviction takes a chain from its tail
+        and a prefix stays findable as long as any of it is kept (as vLLM frees a request's
+        blocks tail first)."""
+        for block in reversed(chain):
             block.pins -= 1
+            if block.key in self.blocks:
+                self.blocks.move_to_end(block.key)
         self._evict()
 
-    def insert(self, key: bytes, entries: dict[str, np.ndarray], handoffs: dict[str, np.ndarray]) -> None:
-        """Keep a block just computed (copies of its entries), unless one is there already."""
-        if key in self.blocks:
-            self.blocks.move_to_end(key)
-            return
-        block = Block(key, {k: v.copy() for k, v in entries.items()}, {k: v.copy() for k, v in handoffs.items()})
-        if block.nbytes > self.capacity:
-            return
-        self.blocks[key] = block
-        self.stats.inserted += 1
-        self.stats.bytes += block.nbytes
+    def insert(self, key: bytes, entries: dict[str, np.ndarray], handoffs: dict[str, np.ndarray]) -> Block | None:
+        """Keep a block just computed (copies of its entries), unless one is there already;
+        returns it pinned (the caller releases it with its chain), or None if it cannot fit."""
+        block = self.blocks.get(key)
+        if block is None:
+            block = Block(key, {k: v.copy() for k, v in entries.items()}, {k: v.copy() for k, v in handoffs.items()})
+            if block.nbytes > self.capacity:
+                return None
+            self.blocks[key] = block
+            self.stats.inserted += 1
+            self.stats.bytes += block.nbytes
+        self.blocks.move_to_end(key)
+        block.pins += 1
         self._evict()
         self.stats.blocks = len(self.blocks)
+        return block
 
     def _evict(self) -> None:
         """Drop least recently used unpinned blocks while over the bound. A pinned block is

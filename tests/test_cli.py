@@ -60,7 +60,8 @@ def test_init_compile_generate_parity_inspect_bench(tmp_path):
     assert json.loads(r.output)["greedy_token_agreement"] == 1.0
     r = run("inspect", art, "--json")
     info = json.loads(r.output)
-    assert set(info["graphs"]) == {"encoder", "decoder_step"}
+    assert set(info["graphs"]) == {"encoder", "encoder_extend", "decoder_step"}  # a causal encoder: blocked encoding
+    assert info["prefix_cache"]["supported"] and "prefix cache: blocks of 32" in " ".join(run("inspect", art).output.split())
     assert info["stats"]["sequential_depth_per_token"] == 2 and info["stats"]["flops_per_token"] > 0
     r = run("inspect", art)
     assert r.exit_code == 0 and "sequential depth 2" in " ".join(r.output.split())

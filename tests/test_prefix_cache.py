@@ -95,7 +95,7 @@ def test_eviction_pressure_keeps_results_and_pinned_blocks(artifacts):
                 violations.append(pinned - set(self.blocks))
 
     with load(art) as model:
-        bound = 3 * model.engine.block_bytes
+        bound = 2 * model.engine.block_bytes  # two blocks: a request with hits evicts around its pinned ones
         model.engine.prefix_cache = Watched("watched", PREFIX_BLOCK, bound)
         got = [None] * len(prompts)
 
@@ -114,21 +114,23 @@ def test_eviction_pressure_keeps_results_and_pinned_blocks(artifacts):
     assert not violations
 
 
-def test_a_pinned_block_outlives_the_bound():
+def test_a_pinned_block_outlives_the_bound_and_chains_go_tail_first():
     cache = PrefixCache("artifact", 2, capacity=3 * 8 * 4)
     keys = cache.keys([5, 6, 7, 8, 9, 10, 11, 12], None)
 
     def insert(key):
-        cache.insert(key, {"k": np.zeros((1, 2, 4), np.float32)}, {})
+        return cache.insert(key, {"k": np.zeros((1, 2, 4), np.float32)}, {})
 
-    insert(keys[0])
+    chain = [insert(keys[0])]
+    cache.release(chain)
     pinned = cache.lookup(keys[:1])
-    for key in keys[1:]:
-        insert(key)
-    assert keys[0] in cache.blocks and cache.stats.evictions == 1  # the oldest unpinned went instead
-    cache.unpin(pinned)
-    insert(cache.keys([1, 2], None)[0])
-    assert keys[0] not in cache.blocks  # unpinned, it is the least recently used
+    chain = [insert(key) for key in keys[1:]]
+    assert all(key in cache.blocks for key in keys)  # four pinned blocks: over the bound, none evicted
+    assert cache.stats.bytes > cache.capacity and cache.stats.evictions == 0
+    cache.release(pinned + chain)
+    assert list(cache.blocks) == keys[2::-1] and cache.stats.evictions == 1  # the tail went first; the head is newest
+    cache.release([insert(cache.keys([1, 2], None)[0])])
+    assert keys[0] in cache.blocks and keys[2] not in cache.blocks  # the head is the most recently used
 
 
 def test_keys_chain_over_the_whole_prefix_the_artifact_and_the_salt():
