@@ -83,16 +83,16 @@ def attach_prefix_cache(engine: Engine, artifact: Artifact, prefix_cache_mb: flo
     """Give the engine its prefix cache, where the artifact supports one and the bound is not 0."""
     reason = unsupported_reason(artifact.manifest)
     if prefix_cache_mb is not None:
-        capacity = check_bound(prefix_cache_mb, engine.block_bytes if reason is None else 0)
+        capacity = check_bound(prefix_cache_mb, engine.blocked.block_bytes if reason is None else 0)
         if capacity and reason is not None:
             raise LoadError(f"prefix caching does not apply to {artifact.path}: {reason}",
                             "load it without prefix_cache_mb (or with 0)")
     elif reason is None:
-        capacity = check_bound(DEFAULT_PREFIX_CACHE_MB, engine.block_bytes)
+        capacity = check_bound(DEFAULT_PREFIX_CACHE_MB, engine.blocked.block_bytes)
     else:
         capacity = 0
     if capacity:
-        engine.prefix_cache = PrefixCache(artifact.digest, engine.block_tokens, capacity)
+        engine.prefix_cache = PrefixCache(artifact.digest, engine.blocked.block_tokens, capacity)
 
 
 def _build(artifact: Artifact, target: str, threads: int | None, schedule: str | None, low_memory: bool,

@@ -18,12 +18,11 @@ import threading
 import numpy as np
 
 from edgeseq.errors import GenerateError, LoadError, StepError
-from edgeseq.graph_spec import PREFIX_BLOCK
 
 from .artifact import Artifact
 from .backend import Backend
+from .blocked_prefill import BlockedPrefill
 from .kv_cache import BufferSpec, CacheManager
-from .prefix_cache import PrefixCache
 from .requests import Row
 
 STATE_ROLES = ("cache", "encoder_output", "handoff")
@@ -118,16 +117,9 @@ class Engine:
             raise LoadError(f"no graph of the step ({', '.join(self.step_graphs)}) has a logits output in the manifest",
                             "recompile the artifact with `edgeseq compile`")
         self.once_logits = next((t["name"] for t in graphs[self.once]["outputs"] if t["role"] == "logits"), None)
-        # a decoder-only artifact with an extend graph prefills block by block (see `_admit_blocked`)
-        self.extend = decode.get("extend") if decode.get("extend") in graphs else None
-        self.block_tokens = int(decode.get("prefix_block", PREFIX_BLOCK))
-        self.extend_logits = next((t["name"] for t in graphs[self.extend]["outputs"] if t["role"] == "logits"),
-                                  None) if self.extend else None
-        self.prefix_cache: PrefixCache | None = None  # set by load() where the artifact supports one
-        if self.extend:
-            self._mask_inputs = self._compute_mask_inputs()
-            self._extend_outputs = self._compute_extend_outputs()
-            self._handoff_names = self._compute_handoff_names()
+        # an artifact with an extend graph prefills (or encodes) every prompt block by block
+        self.blocked = BlockedPrefill(self, decode) if decode.get("extend") in graphs else None
+        self.prefix_cache = None  # a PrefixCache, set by load() where the artifact supports one
         self.ids = np.zeros((max_rows, 1), dtype=np.int64)
         self.positions = np.zeros((max_rows, 1), dtype=np.int64)
         self._feeds: tuple | None = None  # (key, per-graph feeds) of wrapped views, remade when rows change
@@ -204,8 +196,9 @@ class Engine:
         starts its first step from bos (no logits yet). Decoder-only: the prefill fills the
         rows' caches and returns each row's logits for its first generated token.
         """
-        if self.extend is not None:
-            return [self._admit_blocked(s) for s in rows]
+        if self.blocked is not None:
+            self.prefilled_rows += len(rows)
+            return [self.blocked.admit(s) for s in rows]
         c = self.cache
         feeds, outputs = self.run_once([s.prompt for s in rows])
         if self.shape == "encoder_decoder":
@@ -234,180 +227,6 @@ class Engine:
             c.lengths[slot] = length
             s.position = length
         return [logits[i, -1] for i in range(len(rows))]
-
-    # ----- blocked prefill and the prefix cache ---------------------------------------------------
-    @property
-    def block_bytes(self) -> int:
-        """What one prefix-cache block of this model holds: the entries of its tokens in every
-        place `_places` names, and the handoffs at its end."""
-        specs = {t["name"]: t for t in self.graph_inputs[self.extend]} | self.state
-        total = 0
-        for name, _, start, end in self._places(1):
-            t = specs[name]
-            per_slot = int(np.prod([d for d in t["dims"] if isinstance(d, int)])) * np.dtype(t["dtype"]).itemsize
-            total += per_slot * (end - start)
-        for name in self._handoff_names:
-            t = next((t for t in self.state.values() if t.get("source") == name), None)
-            if t is not None:
-                total += int(np.prod([d for d in t["dims"] if isinstance(d, int)])) * np.dtype(t["dtype"]).itemsize
-        return total
-
-    def _admit_blocked(self, row: Row) -> np.ndarray | None:
-        """Prefill (decoder-only) or encode (a causal encoder) one row's prompt block by block,
-        each block at batch 1 over the exact-length states before it: a decoder-only
-        artifact's first block by its prefill graph, every other block by its extend graph.
-        The whole blocks found in the prefix cache are copied in instead of computed: since
-        every prompt is run this way, cache on or off, a restored block holds the bits its
-        computation gives, and so does everything after it. A decoder-only prompt's last
-        block is always computed (its logits choose the first new token)."""
-        c, cache, size = self.cache, self.prefix_cache, self.block_tokens
-        prompt, decoder_only = row.prompt, self.shape == "decoder_only"
-        c.reserve("cache" if decoder_only else "source", len(prompt) + decoder_only)
-        slot = c.add_row(row)
-        keys = cache.keys(prompt, row.request.cache_salt) if cache is not None else []
-        reusable = (len(prompt) - 1) // size if decoder_only else len(prompt) // size
-        hits = cache.lookup(keys[:reusable]) if cache is not None else []
-        carry, found = self._empty_carry(), len(hits)
-        try:
-            for j, block in enumerate(hits):
-                self._restore_block(slot, j, block, carry)
-            logits = None
-            for begin in range(found * size, len(prompt), size):
-                chunk = prompt[begin:begin + size]
-                if decoder_only and begin == 0:
-                    logits = self._prefill_first_block(slot, chunk, carry)
-                else:
-                    logits = self._extend_block(slot, chunk, begin, carry)
-                if cache is not None and begin // size < len(keys):
-                    kept = cache.insert(keys[begin // size], *self._block_contents(slot, begin // size, carry))
-                    if kept is not None:
-                        hits.append(kept)  # pinned with the rest of the chain until the prefill ends
-            if cache is not None:
-                cache.stats.hit_tokens += found * size
-                cache.stats.miss_tokens += len(prompt) - found * size
-        finally:
-            if cache is not None:
-                cache.release(hits)
-        self.prefilled_rows += 1
-        if decoder_only:
-            for name, source in self.handoff_sources.items():
-                c.write_row(name, slot, carry[source][0])
-            c.lengths[slot] = len(prompt)
-            row.position = len(prompt)
-            return logits
-        for name, t in self.state.items():  # the source mask: every slot of this source is real
-            if t["role"] == "encoder_output" and t["source"] in self._mask_inputs:
-                c.write_row(name, slot, np.ones(len(prompt), dtype=c.specs[name].dtype))
-        row.next_token = self.config["bos_token_id"]
-        row.position = len(prompt) if self.config.get("consecutive_positions") else 0
-        return None
-
-    def _compute_mask_inputs(self) -> set[str]:
-        return {t["name"] for t in self.graph_inputs[self.once] if t["role"] == "mask"}
-
-    def _empty_carry(self) -> dict[str, np.ndarray]:
-        """What a blocked prefill carries from block to block outside the row's buffers: the
-        extend graph's own caches (a causal encoder's keys/values), empty, at exact length."""
-        carry = {}
-        for t in self.graph_inputs[self.extend]:
-            if t["role"] == "cache" and t["name"] not in self.cache.specs:
-                dims = [1 if d == "batch" else 0 if isinstance(d, str) else d for d in t["dims"]]
-                carry[t["name"]] = np.zeros(dims, dtype=np.dtype(t["dtype"]))
-        return carry
-
-    def _places(self, j: int):
-        """Where block j's contents live: (name, kind, start, end) for the row's caches (a
-        lagging cache's entries `lag` slots earlier), the encoder outputs the extend graph
-        writes, and the carried caches."""
-        size = self.block_tokens
-        for name, spec in self.cache.specs.items():
-            if spec.role == "cache" and self.shape == "decoder_only":
-                yield name, "row", max(0, j * size - spec.lag), (j + 1) * size - spec.lag
-            elif spec.role == "encoder_output" and self.state[name]["source"] in self._extend_outputs:
-                yield name, "row", j * size, (j + 1) * size
-        for t in self.graph_inputs[self.extend]:
-            if t["role"] == "cache" and t["name"] not in self.cache.specs:
-                yield t["name"], "carry", j * size, (j + 1) * size
-
-    def _compute_extend_outputs(self) -> set[str]:
-        return {t["name"] for t in self.artifact.manifest["graphs"][self.extend]["outputs"]}
-
-
-    def _row_region(self, name: str, slot: int, start: int, end: int) -> tuple:
-        """Index of slots start..end-1 of one row's buffer along its growing axis."""
-        spec = self.cache.specs[name]
-        axis = 2 if spec.role == "cache" else spec.axis
-        index = [slot] + [slice(None)] * (self.cache.buffers[name].ndim - 1)
-        index[axis] = slice(start, end)
-        return tuple(index)
-
-    def _block_contents(self, slot: int, j: int, carry: dict[str, np.ndarray]):
-        """(entries, handoffs) of block j, just computed: what the prefix cache keeps."""
-        entries = {}
-        for name, kind, start, end in self._places(j):
-            entries[name] = self.cache.buffers[name][self._row_region(name, slot, start, end)] if kind == "row" \
-                else carry[name][0, :, start:end]
-        return entries, {k: v for k, v in carry.items() if k not in entries and k in self._handoff_names}
-
-    def _restore_block(self, slot: int, j: int, block, carry: dict[str, np.ndarray]) -> None:
-        for name, kind, start, _ in self._places(j):
-            entries = block.entries[name]
-            if kind == "row":
-                self.cache.buffers[name][self._row_region(name, slot, start, start + entries.shape[1])] = entries
-            else:
-                carry[name] = np.concatenate([carry[name], entries[None]], axis=2)
-        carry.update(block.handoffs)
-
-    def _compute_handoff_names(self) -> set[str]:
-        """The handoff outputs a block leaves for the next block or the first step."""
-        return set(self.handoff_sources.values()) | {
-            t["source"] for t in self.graph_inputs[self.extend] if t["role"] == "handoff"}
-
-    def _prefill_first_block(self, slot: int, chunk: list[int], carry: dict[str, np.ndarray]) -> np.ndarray:
-        """A decoder-only prompt's first block by the prefill graph (no past)."""
-        ids = np.asarray([chunk], dtype=np.int64)
-        by_role = {"token_ids": ids, "positions": np.arange(len(chunk), dtype=np.int64)[None], "mask": np.ones_like(ids)}
-        outputs = self._run(self.once, {t["name"]: by_role[t["role"]] for t in self.graph_inputs[self.once]})
-        numpy = self.backend.numpy
-        for name, t in self.state.items():
-            if t["role"] == "cache" and t.get("init"):
-                self.cache.write_prefix(name, slot, numpy(outputs[t["init"]])[0])
-        carry.update({name: np.array(numpy(outputs[name])) for name in self._handoff_names if name in outputs})
-        return numpy(outputs[self.once_logits])[0, -1]
-
-    def _extend_block(self, slot: int, chunk: list[int], begin: int, carry: dict[str, np.ndarray]) -> np.ndarray | None:
-        """One block at prompt slot `begin` by the extend graph, over the row's caches (cut to
-        their exact length) and the carried state; writes its entries where they live and
-        returns the logits at its last token (None for an encoder)."""
-        c, numpy = self.cache, self.backend.numpy
-        feeds, writes = {}, []
-        for t in self.graph_inputs[self.extend]:
-            name, role = t["name"], t["role"]
-            if role == "token_ids":
-                feeds[name] = np.asarray([chunk], dtype=np.int64)
-            elif role == "positions":
-                feeds[name] = np.arange(begin, begin + len(chunk), dtype=np.int64)[None]
-            elif role == "cache" and name in c.specs:
-                end = begin - c.specs[name].lag
-                feeds[name] = np.ascontiguousarray(c.buffers[name][slot:slot + 1, :, :end])
-                writes.append((name, t["source"], end))
-            elif role == "cache":
-                feeds[name] = carry[name]
-            else:  # a handoff: the previous block's output
-                feeds[name] = carry[t["source"]]
-        outputs = self._run(self.extend, feeds)
-        for name, source, at in writes:
-            values = numpy(outputs[source])[0]
-            c.buffers[name][slot, :, at:at + values.shape[1]] = values
-        for t in self.graph_inputs[self.extend]:
-            if t["role"] == "cache" and t["name"] not in c.specs:
-                carry[t["name"]] = np.concatenate([carry[t["name"]], numpy(outputs[t["source"]])], axis=2)
-        for name, t in self.state.items():
-            if t["role"] == "encoder_output" and t["source"] in outputs:
-                values = numpy(outputs[t["source"]])[0]
-                c.buffers[name][self._row_region(name, slot, begin, begin + values.shape[c.specs[name].axis - 1])] = values
-        carry.update({name: np.array(numpy(outputs[name])) for name in self._handoff_names if name in outputs})
-        return numpy(outputs[self.extend_logits])[0, -1] if self.extend_logits else None
 
     def step(self, rows: list[Row]) -> np.ndarray:
         """One token for every active row (`rows` are the cache's owners in slots 0..n-1, in slot order):

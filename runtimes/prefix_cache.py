@@ -9,11 +9,13 @@ prefix, of the same model, for the same tenant. A block holds, for every cache b
 the model, the entries of its slots, and the graph's handoff outputs at its end: what the
 prefill of the next block reads.
 
-The blocks are copied into a request's own cache row at admission (the row's cache is one
-contiguous buffer the step reads in place; there are no paged blocks to point at). A block
-is pinned while a request reads or writes it (its whole chain, during its prefill), and
-only unpinned blocks are evicted, least recently used first, under a bound in bytes; a
-released chain's first block becomes the most recent, so chains are evicted tail first. The cache is used from the scheduler's thread only;
+The blocks live in one slab of fixed-size slots, allocated once (`Slab`), and are copied
+into a request's own cache row at admission (the row's cache is one contiguous buffer the
+step reads in place; there are no paged blocks to point at). A block is pinned while a
+request reads or writes it (its whole chain, during its prefill), and only unpinned blocks
+are evicted, least recently used first, when no slot is free; the bound in bytes is a hard
+limit. A released chain's first block becomes the most recent, so chains are evicted
+tail first. The cache is used from the scheduler's thread only;
 `stats` may be read from any thread.
 
 Numbers do not change with the cache on (runtimes/engine.py): every prompt of an artifact
@@ -22,6 +24,7 @@ not, so a restored block holds exactly the bits its prefill would compute.
 """
 
 import hashlib
+import mmap
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -35,13 +38,41 @@ DEFAULT_PREFIX_CACHE_MB = 256.0
 @dataclass(eq=False)
 class Block:
     key: bytes
-    entries: dict[str, np.ndarray]  # cache buffer -> its entries for the block's slots [H, n, Dh]
-    handoffs: dict[str, np.ndarray]  # the prefill's handoff outputs at the block's last slot
-    nbytes: int = 0
+    slot: int  # its slot of the slab
+    entries: dict[str, np.ndarray]  # cache buffer -> its entries for the block's slots [H, n, Dh] (views of the slab)
+    handoffs: dict[str, np.ndarray]  # the prefill's handoff outputs at the block's last slot (views of the slab)
     pins: int = 0
 
-    def __post_init__(self):
-        self.nbytes = sum(a.nbytes for a in self.entries.values()) + sum(a.nbytes for a in self.handoffs.values())
+
+class Slab:
+    """The cache's memory: `count` slots of one layout (per name a shape and dtype, the
+    growing axis at its full block length), mapped once as anonymous memory the OS backs only
+    when touched: a block stored is a copy into a slot, never a fresh allocation (fresh arrays
+    cost page faults that, on a virtual machine, cost more than the copy). Once every slot has
+    been used, storing a block costs the copy alone."""
+
+    def __init__(self, layout: dict[str, tuple[tuple[int, ...], np.dtype]], capacity: int):
+        self.layout, offset = {}, 0
+        for name, (shape, dtype) in layout.items():
+            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            self.layout[name] = (offset, shape, np.dtype(dtype))
+            offset += size
+        self.slot_bytes = offset
+        self.count = capacity // offset if offset else 0
+        # anonymous shared memory: on the virtual machines measured here its first touch costs
+        # a third of private memory's (huge pages included), and that first fill is the
+        # cache's only cost over a prefill without it (benchmarks/prefix_cache.py)
+        self.memory = mmap.mmap(-1, max(self.count * offset, 1))
+        self.bytes = np.frombuffer(self.memory, dtype=np.uint8)
+
+    def views(self, slot: int) -> dict[str, np.ndarray]:
+        base = slot * self.slot_bytes
+        return {name: self.bytes[base + offset: base + offset + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+                for name, (offset, shape, dtype) in self.layout.items()}
+
+    def close(self) -> None:
+        del self.bytes
+        self.memory.close()
 
 
 @dataclass
@@ -88,13 +119,16 @@ def check_bound(prefix_cache_mb, block_bytes: int) -> int:
 
 
 class PrefixCache:
-    """Blocks by key, least recently used first; `capacity` bytes at most."""
+    """Blocks by key, least recently used first, in a slab of `capacity` bytes at most (laid
+    out from the first block stored: every block of a model has the same parts)."""
 
     def __init__(self, identity: str, block_tokens: int, capacity: int):
         self.identity = identity.encode()
         self.block_tokens = block_tokens
         self.capacity = capacity
         self.blocks: OrderedDict[bytes, Block] = OrderedDict()
+        self.slab: Slab | None = None
+        self.free: list[int] = []
         self.stats = PrefixCacheStats(capacity_bytes=capacity, block_tokens=block_tokens)
 
     def keys(self, tokens: list[int], salt: str | None) -> list[bytes]:
@@ -129,40 +163,57 @@ class PrefixCache:
             block.pins -= 1
             if block.key in self.blocks:
                 self.blocks.move_to_end(block.key)
-        self._evict()
 
     def insert(self, key: bytes, entries: dict[str, np.ndarray], handoffs: dict[str, np.ndarray]) -> Block | None:
-        """Keep a block just computed (copies of its entries), unless one is there already;
-        returns it pinned (the caller releases it with its chain), or None if it cannot fit."""
+        """Keep a block just computed (copied into a slot), unless one is there already;
+        returns it pinned (the caller releases it with its chain), or None where every slot
+        holds a pinned block (the bound is a hard limit; the block is then not kept)."""
         block = self.blocks.get(key)
         if block is None:
-            block = Block(key, {k: v.copy() for k, v in entries.items()}, {k: v.copy() for k, v in handoffs.items()})
-            if block.nbytes > self.capacity:
+            slot = self._take_slot(entries, handoffs)
+            if slot is None:
                 return None
+            views = self.slab.views(slot)
+            kept = {}
+            for name, values in (*entries.items(), *handoffs.items()):
+                view = views[name][:, : values.shape[1]] if name in entries else views[name]
+                view[...] = values
+                kept[name] = view
+            block = Block(key, slot, {k: kept[k] for k in entries}, {k: kept[k] for k in handoffs})
             self.blocks[key] = block
             self.stats.inserted += 1
-            self.stats.bytes += block.nbytes
+            self._count()
         self.blocks.move_to_end(key)
         block.pins += 1
-        self._evict()
-        self.stats.blocks = len(self.blocks)
         return block
 
-    def _evict(self) -> None:
-        """Drop least recently used unpinned blocks while over the bound. A pinned block is
-        never dropped: the bound may be exceeded while requests read more than it holds."""
-        if self.stats.bytes <= self.capacity:
-            return
-        for key in list(self.blocks):  # oldest first
-            if self.stats.bytes <= self.capacity:
-                break
-            if self.blocks[key].pins:
-                continue
-            block = self.blocks.pop(key)
-            self.stats.bytes -= block.nbytes
-            self.stats.evictions += 1
+    def _take_slot(self, entries, handoffs) -> int | None:
+        if self.slab is None:
+            layout = {name: ((v.shape[0], self.block_tokens, *v.shape[2:]), v.dtype) for name, v in entries.items()}
+            layout |= {name: (v.shape, v.dtype) for name, v in handoffs.items()}
+            self.slab = Slab(layout, self.capacity)
+            self.free = list(range(self.slab.count - 1, -1, -1))
+        if not self.free:
+            self._evict_one()
+        return self.free.pop() if self.free else None
+
+    def _evict_one(self) -> None:
+        """Free the slot of the least recently used unpinned block, if there is one. A pinned
+        block is never dropped: a request is reading it."""
+        for key, block in self.blocks.items():  # oldest first
+            if block.pins == 0:
+                del self.blocks[key]
+                self.free.append(block.slot)
+                self.stats.evictions += 1
+                self._count()
+                return
+
+    def _count(self) -> None:
         self.stats.blocks = len(self.blocks)
+        self.stats.bytes = len(self.blocks) * (self.slab.slot_bytes if self.slab else 0)
 
     def clear(self) -> None:
         self.blocks.clear()
-        self.stats.blocks = self.stats.bytes = 0
+        if self.slab is not None:
+            self.free = list(range(self.slab.count - 1, -1, -1))
+        self._count()

@@ -88,14 +88,14 @@ def test_eviction_pressure_keeps_results_and_pinned_blocks(artifacts):
     violations = []
 
     class Watched(PrefixCache):
-        def _evict(self):
+        def _evict_one(self):
             pinned = {k for k, b in self.blocks.items() if b.pins}
-            super()._evict()
+            super()._evict_one()
             if not pinned <= set(self.blocks):
                 violations.append(pinned - set(self.blocks))
 
     with load(art) as model:
-        bound = 2 * model.engine.block_bytes  # two blocks: a request with hits evicts around its pinned ones
+        bound = 2 * model.engine.blocked.block_bytes  # two blocks: a request with hits evicts around its pinned ones
         model.engine.prefix_cache = Watched("watched", PREFIX_BLOCK, bound)
         got = [None] * len(prompts)
 
@@ -114,23 +114,24 @@ def test_eviction_pressure_keeps_results_and_pinned_blocks(artifacts):
     assert not violations
 
 
-def test_a_pinned_block_outlives_the_bound_and_chains_go_tail_first():
-    cache = PrefixCache("artifact", 2, capacity=3 * 8 * 4)
-    keys = cache.keys([5, 6, 7, 8, 9, 10, 11, 12], None)
+def test_pinned_blocks_are_never_evicted_and_chains_go_tail_first():
+    cache = PrefixCache("artifact", 2, capacity=3 * (2 * 2 * 4 * 4))  # three slots of [2, 2, 4] float32
 
     def insert(key):
-        return cache.insert(key, {"k": np.zeros((1, 2, 4), np.float32)}, {})
+        return cache.insert(key, {"k": np.full((2, 2, 4), len(cache.blocks), np.float32)}, {})
 
-    chain = [insert(keys[0])]
-    cache.release(chain)
+    keys = cache.keys([5, 6, 7, 8, 9, 10, 11, 12], None)
+    cache.release([insert(keys[0])])
     pinned = cache.lookup(keys[:1])
-    chain = [insert(key) for key in keys[1:]]
-    assert all(key in cache.blocks for key in keys)  # four pinned blocks: over the bound, none evicted
-    assert cache.stats.bytes > cache.capacity and cache.stats.evictions == 0
+    chain = [insert(key) for key in keys[1:3]]
+    assert insert(keys[3]) is None  # every slot holds a pinned block: not kept, none evicted
+    assert list(cache.blocks) == keys[:3] and cache.stats.evictions == 0 and cache.stats.bytes <= cache.capacity
     cache.release(pinned + chain)
-    assert list(cache.blocks) == keys[2::-1] and cache.stats.evictions == 1  # the tail went first; the head is newest
-    cache.release([insert(cache.keys([1, 2], None)[0])])
-    assert keys[0] in cache.blocks and keys[2] not in cache.blocks  # the head is the most recently used
+    assert list(cache.blocks) == keys[2::-1]  # released head-most-recent
+    other = cache.keys([1, 2], None)[0]
+    cache.release([insert(other)])
+    assert keys[0] in cache.blocks and keys[2] not in cache.blocks and cache.stats.evictions == 1  # the tail went
+    assert np.array_equal(cache.lookup([keys[0]])[0].entries["k"], np.zeros((2, 2, 4)))  # its slot kept its bits
 
 
 def test_keys_chain_over_the_whole_prefix_the_artifact_and_the_salt():
@@ -168,3 +169,39 @@ def test_bad_bounds_and_families_that_cannot_share_a_prefix(artifacts):
         load(bidirectional, prefix_cache_mb=8)
     with load(bidirectional) as model:  # the default: off where it cannot apply, no error
         assert model.engine.prefix_cache is None
+
+
+def test_salts_over_http_share_no_block_and_bad_input_is_400(artifacts):
+    """Through a real `edgeseq serve`: the OpenAI extension field `cache_salt`, the Prometheus
+    gauges, and 400s for a salt that is not a string; a bad --prefix-cache-mb never starts."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from edgeseq.serving.process import serve_process
+
+    _, art = artifacts.get(family="stagformer", n_stacks=2, n_layers=4)
+    prompt = shared_prefix_prompts(48, count=8)[6]  # 3 whole blocks and a bit
+
+    def metric(url, name):
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(f"edgeseq_prefix_cache_{name} "))
+
+    with serve_process(art, "--prefix-cache-mb", "8") as (url, _):
+        def complete(**extra):
+            return httpx.post(f"{url}/v1/completions", json={"prompt": prompt, "max_tokens": 2, "temperature": 0, **extra}, timeout=60)
+
+        first, other = complete(cache_salt="tenant-a"), complete(cache_salt="tenant-b")
+        assert first.status_code == other.status_code == 200
+        assert first.json()["choices"][0]["token_ids"] == other.json()["choices"][0]["token_ids"]
+        assert metric(url, "hit_tokens") == 0 and metric(url, "blocks") == 2 * (len(prompt) // PREFIX_BLOCK)
+        assert complete(cache_salt="tenant-b").status_code == 200
+        assert metric(url, "hit_tokens") == ((len(prompt) - 1) // PREFIX_BLOCK) * PREFIX_BLOCK
+        assert metric(url, "miss_tokens") > 0 and metric(url, "bytes") > 0
+        bad = complete(cache_salt=5)
+        assert bad.status_code == 400 and "cache_salt" in bad.json()["error"]["message"], bad.text
+        assert complete().status_code == 200  # and it keeps serving
+    refused = subprocess.run([sys.executable, "-m", "edgeseq.cli", "serve", str(art), "--prefix-cache-mb", "-1"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "prefix_cache_mb=-1.0 is negative" in refused.stderr

@@ -14,7 +14,8 @@ when its text holds one, also across token boundaries; the text ends before it u
 carries any part of one. The generated ids are in
 `choices[i].token_ids`, the text in `choices[i].text` when the artifact has a tokenizer.
 `GET /v1/models` lists the one served model, as OpenAI's model list does; `user` is
-accepted and ignored. `stream: true` sends one server-sent event per token and ends with `data: [DONE]`; a
+accepted and ignored; `cache_salt` (vLLM's extension field, a string) keeps the request
+from sharing prefix-cache blocks with requests of another salt. `stream: true` sends one server-sent event per token and ends with `data: [DONE]`; a
 client that goes away mid-stream has every row of its request dropped at the next step.
 `n` completions per prompt are choices b*n .. b*n+n-1 (one prefill, forked rows).
 
@@ -28,6 +29,7 @@ in `token_ids` and `text`: a client that concatenates pieces gets the answer eit
 import json
 import time
 import uuid
+from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Request
@@ -80,7 +82,8 @@ class CompletionRequest(BaseModel):
     echo: bool = False  # OpenAI: the prompt before the completion (its tokens' logprobs are null)
     user: str | None = None  # OpenAI: an end-user id for abuse monitoring; accepted and ignored
     # vLLM's: prefix-cache blocks are shared only among requests with the same salt (a tenant's id)
-    cache_salt: str | None = Field(None, description="prefix-cache blocks are shared only among requests with the same salt")
+    # typed loosely so that a salt of the wrong type gets generate()'s 400 naming it, not a schema 422
+    cache_salt: Any = Field(None, description="a string: prefix-cache blocks are shared only among requests with the same salt")
 
     def decoding(self) -> dict:
         """The extension fields the client set, as generate() takes them (`n` hypotheses of a beam search)."""
