@@ -3,7 +3,7 @@
 costs when it never hits), for StagFormer `edge` and RED `small` (causal encoder), both
 initialised with max_positions=1024 (random weights: timing only).
 
-Both loads of an artifact stay open side by side, the order alternating round by round;
+One load per artifact, its cache attached and detached between runs, order alternating;
 best of 2 repetitions within a round, median over rounds (edgeseq/bench_engine.py).
 
     python benchmarks/prefix_cache.py [--workdir .cache/bench] [--rounds 3] [--threads 2]

@@ -6,8 +6,9 @@ by one client. Both run on the same loaded model in every round, the order alter
 between rounds; each figure is the median over rounds.
 
 `shared_prefix_report`: time to first token of N concurrent requests that share a long
-prompt prefix, with the prefix cache on against off (two loads of the artifact, order
-alternating), and the same for N requests that share nothing (what the cache costs).
+prompt prefix, with the prefix cache on against off (one load, the cache attached and
+detached, order alternating), and the same for N requests that share nothing (what the
+cache costs).
 
 `step_ms_by_position`: the time of one decode step at batch 1 with the cache filled to a
 position, beside what that step must read (every weight once, plus the whole cache
@@ -156,19 +157,21 @@ def shared_prefix_report(path: str | Path, prefix_tokens: int = 512, clients: in
     """Mean time to first token of `clients` concurrent requests, prefix cache on against off:
     `shared` prompts are one `prefix_tokens` prefix (cached by an earlier request, as in a
     service whose instruction every request repeats) plus a fresh suffix each; `distinct`
-    prompts of the same length share nothing. Best of `repetitions` per round, order
-    alternating, median over rounds; every repetition draws new suffixes and new prompts,
-    so nothing but the shared prefix is ever found in the cache. Timed with the cache full;
-    `first_fill_slowdown` is the one run before it was (its memory touched the first time)."""
+    prompts of the same length share nothing. One loaded model, its cache attached and
+    detached between runs (two loads of one artifact differ by more than the cache does:
+    the first loaded ran up to 30% slower here, whichever had the cache). Best of
+    `repetitions` per round, order alternating, median over rounds; every repetition draws
+    new suffixes and new prompts, so nothing but the shared prefix is ever found in the
+    cache. Timed with the cache full; `first_fill_slowdown` is the one run before it was
+    (its memory touched the first time)."""
     say = on_progress or (lambda _: None)
     rng = np.random.default_rng(0)
-    on = load(path, threads=threads, max_batch=clients)
-    off = load(path, threads=threads, max_batch=clients, prefix_cache_mb=0)
-    try:
-        if on.engine.prefix_cache is None:
+    with load(path, threads=threads, max_batch=clients) as model:
+        cache = model.engine.prefix_cache
+        if cache is None:
             raise GenerateError(f"{path} has no prefix cache to measure",
                                 "bench an artifact whose `edgeseq inspect` says it supports one")
-        vocab, limit = on.config["vocab_size"], on.config["max_positions"]
+        vocab, limit = model.config["vocab_size"], model.config["max_positions"]
         if prefix_tokens + suffix_tokens + 2 > limit:
             raise GenerateError(f"a {prefix_tokens}-token prefix and {suffix_tokens}-token suffixes do not fit "
                                 f"max_positions={limit}", f"pass --shared-prefix of at most {limit - suffix_tokens - 2}")
@@ -178,29 +181,29 @@ def shared_prefix_report(path: str | Path, prefix_tokens: int = 512, clients: in
             head = (lambda: prefix) if shared else (lambda: rng.integers(3, vocab, size=prefix_tokens).tolist())
             return [head() + rng.integers(3, vocab, size=suffix_tokens).tolist() for _ in range(clients)]
 
-        # the first fill of the cache's memory costs page faults once: timed apart, then the
-        # cache is run full (every slot used), as in a service that has run for a while
-        first_fill = {"on": first_tokens_s(on, prompts(False)), "off": first_tokens_s(off, prompts(False))}
-        for _ in range(64):
-            if on.engine.prefix_cache.stats.evictions:
+        def timed(state: str, shared: bool) -> float:
+            model.engine.prefix_cache = cache if state == "on" else None  # between runs: the scheduler is idle
+            return first_tokens_s(model, prompts(shared))
+
+        timed("off", False)  # warm-up
+        first_fill = {"on": timed("on", False), "off": timed("off", False)}
+        for _ in range(64):  # run the cache full (every slot used), as in a service that has run a while
+            if cache.stats.evictions:
                 break
             say("filling the prefix cache")
-            first_tokens_s(on, prompts(False))
-        for model in (on, off):  # the cache-on model sees the prefix once, as a service would
-            model.generate([prefix + [3]], 2, stop_tokens=[])
-        hits0 = on.engine.prefix_cache.stats.hit_tokens
+            timed("on", False)
+        model.engine.prefix_cache = cache
+        model.generate([prefix + [3]], 2, stop_tokens=[])  # the prefix seen once, as a service would
+        hits0 = cache.stats.hit_tokens
         samples: dict[str, list[float]] = {f"{case}_{state}": [] for case in ("shared", "distinct") for state in ("on", "off")}
         for r in range(rounds):
             say(f"shared prefix round {r + 1}/{rounds}")
-            order = (("on", on), ("off", off)) if r % 2 == 0 else (("off", off), ("on", on))
+            order = ("on", "off") if r % 2 == 0 else ("off", "on")
             for case in ("shared", "distinct"):
-                for state, model in order:
-                    samples[f"{case}_{state}"].append(min(first_tokens_s(model, prompts(case == "shared"))
-                                                          for _ in range(repetitions)))
-        stats = on.engine.prefix_cache.stats.to_json()
-    finally:
-        on.close()
-        off.close()
+                for state in order:
+                    samples[f"{case}_{state}"].append(min(timed(state, case == "shared") for _ in range(repetitions)))
+        model.engine.prefix_cache = cache
+        stats = cache.stats.to_json()
     ms = {k: 1e3 * statistics.median(v) for k, v in samples.items()}
     return {"prefix_tokens": prefix_tokens, "suffix_tokens": suffix_tokens, "clients": clients, "rounds": rounds,
             "first_token_ms": ms, "shared_speedup": ms["shared_off"] / ms["shared_on"],
