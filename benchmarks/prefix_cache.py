@@ -15,19 +15,11 @@ import platform
 from pathlib import Path
 
 from edgeseq.bench_engine import shared_prefix_report
-from edgeseq.families import family
-from edgeseq.pipeline import compile_checkpoint
+
+from engine import build  # benchmarks/engine.py: init a preset, compile it once into the workdir
 
 RESULTS = Path(__file__).parent / "results" / "prefix-cache.json"
 MODELS = (("stagformer-edge-1024", "stagformer", "edge"), ("red-small-1024", "red", "small"))
-
-
-def build(workdir: Path, name: str, fam: str, preset: str) -> Path:
-    ckpt, art = workdir / name, workdir / f"{name}.artifact"
-    if not art.exists():
-        family(fam).init(ckpt, preset, ["max_positions=1024"], seed=0, force=True)
-        compile_checkpoint(ckpt, art, force=True)
-    return art
 
 
 def main() -> None:
@@ -42,7 +34,7 @@ def main() -> None:
               "machine": platform.processor() or platform.machine(), "models": {}}
     for name, fam, preset in MODELS:
         print(f"building {name} ...", flush=True)
-        art = build(args.workdir, name, fam, preset)
+        art = build(args.workdir, name, fam, preset, ["max_positions=1024"])
         print(f"timing {name} ...", flush=True)
         report["models"][name] = shared_prefix_report(art, args.prefix, args.clients, threads=args.threads,
                                                       rounds=args.rounds, on_progress=lambda m: print(" ", m, flush=True))
