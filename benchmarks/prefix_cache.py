@@ -14,9 +14,9 @@ import json
 import platform
 from pathlib import Path
 
-from edgeseq.bench_engine import shared_prefix_report
-
 from engine import build  # benchmarks/engine.py: init a preset, compile it once into the workdir
+
+from edgeseq.bench_engine import shared_prefix_report
 
 RESULTS = Path(__file__).parent / "results" / "prefix-cache.json"
 MODELS = (("stagformer-edge-1024", "stagformer", "edge"), ("red-small-1024", "red", "small"))
