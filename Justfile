@@ -27,6 +27,7 @@ bench:
     .venv/bin/python benchmarks/int8_quality.py
     .venv/bin/python benchmarks/serving.py
     .venv/bin/python benchmarks/pasta.py
+    .venv/bin/python benchmarks/plot.py
 
 # PASTA alone: the trained checkpoints' held-out rates, schedule agreement and parallel speedup
 bench-pasta:
