@@ -1,4 +1,4 @@
-"""Which ONNX Runtime kernel reads a decode step's KV cache fastest on this CPU.
+"""Which ONNX Runtime kernel reads a decode step's KV cache fastest on the CPU it runs on.
 
 One decode step of RED `small` at position 1024 (4 layers, 4 heads of 64, batch 1) is
 rebuilt as a bare ONNX graph in three forms of its cached attention, each layer preceded

@@ -20,6 +20,7 @@ from edgeseq.bench_engine import concurrency_report, step_ms_by_position
 from edgeseq.errors import BuildError
 from edgeseq.families import FAMILIES
 from edgeseq.runtimes import load, read_artifact
+from edgeseq.runtimes.cpu_features import describe as describe_cpu
 
 
 def measure_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
@@ -254,6 +255,8 @@ def bench_artifact(
         "artifact": str(path),
         "family": ort_engine.model.artifact.family,
         "precision": ort_engine.model.artifact.manifest["precision"],
+        "cpu": describe_cpu(),  # the features that decided the kernels (runtimes/cpu_features.py)
+        "int8_weights": getattr(ort_engine.model.backend, "int8", None),  # int8: stored bits, bits run at, why
         "threads": threads,
         "source_len": source_len,
         "new_tokens": new_tokens,

@@ -171,6 +171,10 @@ def write_artifact(
         "parity": None,
         "files": {},
     }
+    if precision == "int8":  # the runtime picks 8 or 7 bits for the CPU it runs on (runtimes/cpu_features.py)
+        from edgeseq.passes.quantize_weights import STORED_BITS
+
+        manifest["int8_weights"] = {"stored_bits": STORED_BITS}
     write_manifest(folder, manifest)
     return manifest
 

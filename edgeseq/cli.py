@@ -165,7 +165,7 @@ def print_generation(generation: dict) -> None:
 def bound_text(report: dict) -> str:
     """The bound a parity report used, and where it came from."""
     text = f"bound {report['atol']:.1e}"
-    if report.get("reference_fp64_vs_fp32") is not None:
+    if report.get("reference_fp64_vs_fp32") is not None and report.get("calibration_multiple") is not None:
         text += (f"; PyTorch's own fp32 error {report['reference_fp64_vs_fp32']:.1e}, bound = max(declared "
                  f"{report['declared_atol']:.0e}, {report['calibration_multiple']:g}x that)")
     return text

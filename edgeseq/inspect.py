@@ -5,6 +5,8 @@ from typing import Any
 
 from edgeseq.graph_spec import PREFIX_BLOCK
 from edgeseq.runtimes.artifact import read_artifact
+from edgeseq.runtimes.cpu_features import describe as describe_cpu
+from edgeseq.runtimes.cpu_features import int8_weight_choice
 from edgeseq.runtimes.prefix_cache import DEFAULT_PREFIX_CACHE_MB, unsupported_reason
 from edgeseq.runtimes.signature import SIGNATURE_FILE
 
@@ -62,6 +64,8 @@ def inspect_artifact(path: str | Path, verify: bool = True, bandwidth_gb_s: floa
         # whether an `edgeseq sign` signature is present (checked only by verify / --trusted-key)
         "signed": (artifact.path / SIGNATURE_FILE).is_file(),
         "prefix_cache": prefix_cache_support(m),
+        "cpu": describe_cpu(),  # the features that decide kernels, read here at run time
+        "int8_weights": int8_weight_choice(m),  # int8 artifacts: stored bits and the bits this CPU gets
         "total_bytes": sum(f["bytes"] for f in files.values()),
         "tokenizer": m.get("tokenizer"),  # {"file", "vocab_size"} when text works, else None
         "pruning": m.get("pruning"),

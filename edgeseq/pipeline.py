@@ -17,11 +17,14 @@ from edgeseq.generation_defaults import read_generation
 from edgeseq.passes import compile_pipeline, explain, run_pipeline
 from edgeseq.runtimes import load as load_artifact
 from edgeseq.runtimes.backend import TARGETS, check_target
+from edgeseq.runtimes.cpu_features import half_precision_note
 from edgeseq.tokenizer_files import carry_tokenizer
 
 # precision -> the targets that run it. int8 is ONNX Runtime CPU's DynamicQuantizeMatMul
-# (passes/quantize_weights.py). fp16/bf16: this CPU (AVX2, no AVX-512 FP16/BF16, no AMX)
-# has no kernel that beats fp32 (MLAS converts halves to floats), so they stay refused.
+# (passes/quantize_weights.py). fp16/bf16 would need AVX-512 FP16 / AVX-512 BF16 or AMX, and
+# ONNX Runtime's CPU provider has no half-precision MatMul that beats fp32 even where the CPU
+# has them (MLAS converts halves to floats), so they stay refused; the error names what the
+# CPU has (runtimes/cpu_features.py).
 PRECISIONS: dict[str, tuple[str, ...]] = {"fp32": TARGETS, "int8": ("ort-cpu",), "fp16": (), "bf16": ()}
 PRECISION_CHOICES = "fp32, int8 (ort-cpu); fp16 and bf16 are not available on CPU"
 
@@ -34,7 +37,7 @@ def check_build_options(target: str, precision: str) -> None:
     if precision not in PRECISIONS:
         raise BuildError(f"unknown precision {precision!r}", f"choose one of: {PRECISION_CHOICES}")
     if not PRECISIONS[precision]:
-        raise BuildError(f"precision {precision!r} is not available yet: no CPU kernel here is faster than fp32",
+        raise BuildError(f"precision {precision!r} is not available yet: {half_precision_note(precision)}",
                          "use --precision fp32 or int8")
     if target not in PRECISIONS[precision]:
         raise BuildError(f"precision {precision!r} does not run on target {target!r}",

@@ -1,7 +1,7 @@
 """QuantizeWeightsPass: MatMuls by a weight matrix read int8 weights (`compile --precision int8`).
 
 At batch 1 a CPU decode step is bound by the weight bytes it reads; int8 weights read a
-quarter of fp32's. benchmarks/int8_kernels.py measured the candidates on this machine
+quarter of fp32's. benchmarks/int8_kernels.py measured the candidates on an AVX2 CPU without VNNI
 (t5-small step weights, 2 threads, results/int8_kernels.json): dynamic quantization (the
 activation quantized per call, int8 weights with one scale per output column,
 MatMulInteger) ran 3.1x fp32 at batch 1 and 2.5x at batch 8; MatMulNBits 8-bit ran
@@ -16,7 +16,7 @@ benchmarks/results/int8-quality.json).
 Only MatMuls whose right operand is a constant 2-D float matrix with at least
 `min_elements` entries are rewritten (projections, FFNs, the LM head); norms, softmax,
 attention over the caches and position biases stay fp32. Symmetric per-column scales
-(zero points 0), 7 bits of range (see WEIGHT_MAX). A weight read by several MatMuls is quantized once and stays shared.
+(zero points 0), full 8 bits stored (see WEIGHT_MAX; 7 at load on CPUs that need it). A weight read by several MatMuls is quantized once and stays shared.
 A family may keep named weights fp32 (`keep_fp32`, fragments of the weight's name).
 Requires: no int8 MatMul in the graph yet (the pass runs once). Ensures: the same
 interface, and no fp32 weight MatMul left that qualifies (outputs within int8 rounding:
@@ -33,14 +33,17 @@ from .strip_pruned import add_initializer, bias_add, remove_unused
 MIN_ELEMENTS = 1024
 
 
-# 7 bits of weight (ONNX Runtime's reduce_range): without VNNI (this machine has AVX2 only)
-# the u8 x s8 kernel sums pairs of products in int16, and 255 * 127 * 2 overflows it
-# (measured: an all-ones MatMul came out at half its value); 255 * 63 * 2 does not
-WEIGHT_MAX = 63
+# Full 8-bit weights are stored. A CPU without a dot-product instruction (AVX-512 VNNI,
+# AVX-VNNI, ARM dot product) sums pairs of u8 x s8 products in int16 in ONNX Runtime's
+# kernel, where 255 * 127 * 2 overflows (an all-ones MatMul came out at half its value on
+# an AVX2-only CPU): there the runtime requantizes the weights to 7 bits once, at load
+# (runtimes/cpu_features.py, runtimes/ort_backend.py)
+WEIGHT_MAX = 127
+STORED_BITS = 8
 
 
 def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int8 weights in [-63, 63] and one fp32 scale per output column (w ~ q * scale)."""
+    """int8 weights in [-WEIGHT_MAX, WEIGHT_MAX] and one fp32 scale per output column (w ~ q * scale)."""
     scale = np.abs(weight).max(axis=0) / WEIGHT_MAX
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # an all-zero column keeps scale 1
     return np.clip(np.rint(weight / scale), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8), scale

@@ -2,7 +2,9 @@
 
 The weights file is memory-mapped once; each distinct tensor becomes one OrtValue that
 every session which names it receives through `add_initializer`, so a weight shared by
-the encoder and the decoder (RED's share_parameters) is read and held once.
+the encoder and the decoder (RED's share_parameters) is read and held once. An int8
+artifact's 8-bit weights are requantized to 7 bits here, once, on a CPU whose int8 kernel
+needs it (runtimes/cpu_features.py); `int8` records the choice.
 """
 
 import os
@@ -14,6 +16,7 @@ import onnxruntime as ort
 from edgeseq.errors import LoadError
 
 from .artifact import WEIGHTS_FILE, Artifact
+from .cpu_features import int8_weight_choice
 
 PROVIDERS = {
     "ort-cpu": ["CPUExecutionProvider"],
@@ -47,6 +50,24 @@ def load_weights(artifact: Artifact) -> dict[str, ort.OrtValue]:
     return values
 
 
+def requantize_to_7_bits(artifact: Artifact, values: dict[str, ort.OrtValue]) -> int:
+    """Replace every 8-bit weight (an `X.int8` initializer) and its per-column scale (`X.scale`)
+    by the 7-bit pair q7 = round(q8 / 2), scale * 2, once per stored tensor, before any
+    session is made; returns how many weights it rewrote."""
+    pairs = {}
+    for graph in artifact.manifest["graphs"].values():
+        names = graph.get("initializers", {})
+        for name, key in names.items():
+            if name.endswith(".int8") and name[: -len(".int8")] + ".scale" in names:
+                pairs[key] = names[name[: -len(".int8")] + ".scale"]
+    for q_key, scale_key in pairs.items():
+        q8 = values[q_key].numpy()
+        q7 = np.clip(np.rint(q8.astype(np.float32) / 2), -63, 63).astype(np.int8)
+        values[q_key] = ort.OrtValue.ortvalue_from_numpy(q7)
+        values[scale_key] = ort.OrtValue.ortvalue_from_numpy((values[scale_key].numpy() * 2).astype(np.float32))
+    return len(pairs)
+
+
 class OrtBackend:
     """Sessions for every graph of an artifact (runtimes/backend.py `Backend`); `run` is safe
     to call from many threads."""
@@ -57,6 +78,9 @@ class OrtBackend:
         self.providers = check_providers(target)
         self.artifact = artifact
         self.weights = load_weights(artifact)  # kept alive: the sessions use this memory in place
+        self.int8 = int8_weight_choice(artifact.manifest)
+        if self.int8 is not None and self.int8["bits"] < self.int8["stored_bits"]:
+            self.int8["requantized"] = requantize_to_7_bits(artifact, self.weights)
         self.sessions: dict[str, ort.InferenceSession] = {}
         threads = threads or os.cpu_count() or 1
         steps = set(artifact.manifest["decode"]["step"])
