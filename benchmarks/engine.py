@@ -65,7 +65,7 @@ def main() -> None:
     report["bandwidth_gb_s"] = bandwidth
     for name, art in (("red-small-1024", red), ("stagformer-edge-1024", stag)):
         print(f"step time by position: {name}", flush=True)
-        report["step_ms_by_position"][name] = step_ms_by_position(art, bandwidth, threads=1)
+        report["step_ms_by_position"][name] = step_ms_by_position(art, threads=1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
 

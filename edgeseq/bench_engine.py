@@ -30,6 +30,7 @@ from edgeseq.runtimes import SamplingOptions, load, read_artifact
 from edgeseq.runtimes.backend import make_backend
 from edgeseq.runtimes.engine import Engine
 from edgeseq.runtimes.requests import Row
+from edgeseq.working_set import roofline_at
 
 POSITIONS = (32, 256, 1024)
 
@@ -220,10 +221,12 @@ def cache_bytes_per_step(engine: Engine) -> int:
     return int(sum(b[0].nbytes for name, b in engine.cache.buffers.items() if name in fed))
 
 
-def step_ms_by_position(path: str | Path, bandwidth_gb_s: float, threads: int | None = None,
+def step_ms_by_position(path: str | Path, threads: int | None = None,
                         positions: tuple[int, ...] = POSITIONS, repeats: int = 20) -> list[dict[str, Any]]:
     """Decode step time at batch 1 with `position` tokens before the new one (prompt or source),
-    the bytes that step reads and the bandwidth roofline; positions past max_positions are skipped."""
+    the bytes that step reads and the roofline at that working set's own read bandwidth
+    (edgeseq/working_set.py: the last-level cache's where it fits, memory's where it does not);
+    positions past max_positions are skipped."""
     artifact = read_artifact(path)
     config = artifact.config
     weights = artifact.manifest["stats"]["weight_bytes_per_token"]
@@ -248,9 +251,11 @@ def step_ms_by_position(path: str | Path, bandwidth_gb_s: float, threads: int | 
             state = cache_bytes_per_step(engine)
             engine.release(seq)
             step_s = min(times)
-            roofline_s = (weights + state) / (bandwidth_gb_s * 1e9)
+            limit = roofline_at(weights + state)
+            roofline_s = (weights + state) / (limit["bandwidth_gb_s"] * 1e9)
             rows.append({"position": position, "step_ms": 1e3 * step_s, "weight_bytes": weights, "cache_bytes": state,
-                         "roofline_ms": 1e3 * roofline_s, "roofline_fraction": roofline_s / step_s})
+                         "roofline_ms": 1e3 * roofline_s, "roofline_fraction": roofline_s / step_s,
+                         "roofline_bandwidth_gb_s": limit["bandwidth_gb_s"], "memory_level": limit["memory_level"]})
     finally:
         engine.close()
         backend.close()

@@ -306,7 +306,8 @@ def inspect_cmd(artifact, as_json):
         f"{s['weight_bytes_per_token'] / 1e6:.2f} MB of weights read ({info['precision']}), "
         f"sequential depth {s['sequential_depth_per_token']} layers\n"
         f"roofline at batch 1: {info['roofline']['tok_s_b1']:,.0f} tok/s "
-        f"(bandwidth {info['roofline']['bandwidth_gb_s']:.1f} GB/s measured here / weight bytes per token)"
+        f"(bandwidth {info['roofline']['bandwidth_gb_s']:.1f} GB/s, measured here at the weights' size: "
+        f"{info['roofline']['memory_level']}, / weight bytes per token)"
     )
     tokenizer = info.get("tokenizer")
     out_console.print(f"tokenizer: {tokenizer['file']} ({tokenizer['vocab_size']} tokens; --text works)" if tokenizer
@@ -536,12 +537,14 @@ def print_bench(report) -> None:
     out_console.print(table)
     out_console.print(
         f"{report['threads']} threads, source {report['source_len']}, {report['new_tokens']} new tokens, "
-        f"{report['rounds']} rounds (medians); bandwidth {report['bandwidth_gb_s']:.1f} GB/s, "
-        f"{report['weight_bytes_per_token'] / 1e6:.2f} MB weights/token ({report.get('precision', 'fp32')}) -> roofline {report['roofline_tok_s_b1']:.0f} tok/s at b1"
+        f"{report['rounds']} rounds (medians); DRAM copy bandwidth {report['bandwidth_gb_s']:.1f} GB/s; "
+        f"{report['weight_bytes_per_token'] / 1e6:.2f} MB weights/token ({report.get('precision', 'fp32')}) read at "
+        f"{report['roofline_bandwidth_gb_s']:.1f} GB/s (its {report['memory_level']}) -> roofline {report['roofline_tok_s_b1']:.0f} tok/s at b1"
     )
-    table = Table("position", "step ms", "weights MB", "cache MB", "roofline ms", "roofline fraction")
+    table = Table("position", "step ms", "weights MB", "cache MB", "read at", "roofline ms", "roofline fraction")
     for r in report["step_ms_by_position"]:
         table.add_row(str(r["position"]), f"{r['step_ms']:.3f}", f"{r['weight_bytes'] / 1e6:.2f}", f"{r['cache_bytes'] / 1e6:.2f}",
+                      f"{r['roofline_bandwidth_gb_s']:.0f} GB/s ({r['memory_level']})",
                       f"{r['roofline_ms']:.3f}", f"{100 * r['roofline_fraction']:.0f}%")
     out_console.print(table)
     if "concurrency" in report:

@@ -11,15 +11,17 @@ from edgeseq.runtimes.prefix_cache import DEFAULT_PREFIX_CACHE_MB, unsupported_r
 from edgeseq.runtimes.signature import SIGNATURE_FILE
 
 
-def roofline(weight_bytes_per_token: int, bandwidth_gb_s: float | None = None) -> dict[str, float]:
-    """At batch 1 a decode step reads every weight once: tokens/s can never exceed memory
-    bandwidth / weight bytes per token (bandwidth measured here unless given)."""
-    if bandwidth_gb_s is None:
-        from edgeseq.bench import measure_bandwidth
+def roofline(weight_bytes_per_token: int, bandwidth_gb_s: float | None = None) -> dict[str, Any]:
+    """At batch 1 a decode step reads every weight once: tokens/s can never exceed the
+    bandwidth those bytes are read at / weight bytes per token. The bandwidth is measured
+    here at that working set's size (edgeseq/working_set.py: the last-level cache's where
+    the weights fit, memory's where they do not) unless given."""
+    from edgeseq.working_set import memory_level, read_bandwidth_gb_s
 
-        bandwidth_gb_s = measure_bandwidth(megabytes=64, repeats=3)
+    if bandwidth_gb_s is None:
+        bandwidth_gb_s = read_bandwidth_gb_s(weight_bytes_per_token, repeats=3)
     return {"bandwidth_gb_s": bandwidth_gb_s, "weight_bytes_per_token": weight_bytes_per_token,
-            "tok_s_b1": bandwidth_gb_s * 1e9 / weight_bytes_per_token}
+            "memory_level": memory_level(weight_bytes_per_token), "tok_s_b1": bandwidth_gb_s * 1e9 / weight_bytes_per_token}
 
 
 def prefix_cache_support(manifest: dict[str, Any]) -> dict[str, Any]:

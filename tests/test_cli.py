@@ -70,6 +70,10 @@ def test_init_compile_generate_parity_inspect_bench(tmp_path):
     report = json.loads(r.output)
     assert len(report["results"]) == 2 and report["bandwidth_gb_s"] > 0
     assert report["speedup_vs_torch"]["decode_tok_s_b1"] > 0
+    # the roofline is read at the step's working set, and says which memory level that was
+    assert report["memory_level"] in ("last-level cache", "unknown") and report["roofline_bandwidth_gb_s"] > 0  # tiny
+    assert all(row["memory_level"] and row["roofline_bandwidth_gb_s"] > 0 for row in report["step_ms_by_position"])
+    assert report["cpu"]["features"] is not None and "int8_weight_bits" in report["cpu"]
 
 
 @pytest.mark.parametrize(
