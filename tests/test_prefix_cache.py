@@ -111,8 +111,14 @@ def test_eviction_pressure_keeps_results_and_pinned_blocks(artifacts):
         for t in threads:
             t.join(timeout=120)
         stats = model.engine.prefix_cache.stats
+        assert stats.evictions > 0, stats
+        # eight threads over two slots may leave no chain whole for long; one prompt twice in
+        # a row shows the bounded cache still serving hits that change nothing
+        short = next(i for i, p in enumerate(prompts) if PREFIX_BLOCK < len(p) <= 2 * PREFIX_BLOCK)
+        hits = stats.hit_tokens
+        again = [model.generate([prompts[short]], max_new_tokens=NEW_TOKENS).tokens[0] for _ in range(2)]
+        assert stats.hit_tokens > hits and again == [expected[short]] * 2, stats
     assert got == expected
-    assert stats.evictions > 0 and stats.hit_tokens > 0, stats
     assert not violations
 
 
