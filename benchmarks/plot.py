@@ -36,6 +36,16 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _save_log2(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    """A chart over a doubling x axis (clients, positions): labels, legend, written to `path`."""
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def roofline_chart(results: Path, out: Path) -> None:
     rows = _read(results, "nash-t5-small.json")["rows"]
     names = [r["engine"] for r in rows]
@@ -63,12 +73,8 @@ def clients_chart(results: Path, out: Path) -> None:
                         label=f"{model}: edgeseq serve over HTTP")
         ax.plot([load["clients"]], [load["tokens_per_s"]], marker="^", linestyle="none", color=line.get_color(),
                 label=f"{model}: serve load test ({load['requests']} requests, short outputs)")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent clients")
-    ax.set_ylabel("generated tokens/s")
-    ax.set_title("Throughput against concurrent clients (2 threads)")
-    ax.legend(fontsize=8)
-    _save(fig, out / "clients.png")
+    _save_log2(fig, ax, "concurrent clients", "generated tokens/s", "Throughput against concurrent clients (2 threads)",
+               out / "clients.png")
 
 
 def positions_chart(results: Path, out: Path) -> None:
@@ -78,12 +84,8 @@ def positions_chart(results: Path, out: Path) -> None:
         positions = [p["position"] for p in points]
         ax.plot(positions, [p["step_ms"] for p in points], marker="o", color=color, label=f"{model}: step")
         ax.plot(positions, [p["roofline_ms"] for p in points], linestyle=":", color=color, label=f"{model}: roofline")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("position (tokens before the step)")
-    ax.set_ylabel("decode step ms, batch 1, 1 thread")
-    ax.set_title("Step time against position, beside the bytes-read roofline")
-    ax.legend(fontsize=8)
-    _save(fig, out / "positions.png")
+    _save_log2(fig, ax, "position (tokens before the step)", "decode step ms, batch 1, 1 thread",
+               "Step time against position, beside the bytes-read roofline", out / "positions.png")
 
 
 def pasta_chart(results: Path, out: Path) -> None:

@@ -26,7 +26,7 @@ not, so a restored block holds exactly the bits its prefill would compute.
 import hashlib
 import mmap
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -70,10 +70,6 @@ class Slab:
         return {name: self.bytes[base + offset: base + offset + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
                 for name, (offset, shape, dtype) in self.layout.items()}
 
-    def close(self) -> None:
-        del self.bytes
-        self.memory.close()
-
 
 @dataclass
 class PrefixCacheStats:
@@ -84,7 +80,7 @@ class PrefixCacheStats:
     bytes: int = 0  # resident
     capacity_bytes: int = 0
     block_tokens: int = 0
-    inserted: int = field(default=0)
+    inserted: int = 0
 
     def to_json(self) -> dict[str, int]:
         return dict(vars(self))
@@ -211,9 +207,3 @@ class PrefixCache:
     def _count(self) -> None:
         self.stats.blocks = len(self.blocks)
         self.stats.bytes = len(self.blocks) * (self.slab.slot_bytes if self.slab else 0)
-
-    def clear(self) -> None:
-        self.blocks.clear()
-        if self.slab is not None:
-            self.free = list(range(self.slab.count - 1, -1, -1))
-        self._count()

@@ -233,3 +233,27 @@ def test_bench_shared_prefix_measures_the_cache(artifacts):
     assert report["hit_tokens"] >= 4 * 2 * 64  # 4 clients x 2 repetitions read the whole prefix
     r = CliRunner().invoke(cli, ["bench", str(art), "--shared-prefix", "4096"])
     assert r.exit_code != 0 and "do not fit max_positions=160" in r.output
+
+
+def test_a_failing_block_frees_its_rows_and_the_model_serves_on(artifacts, monkeypatch):
+    """A graph that fails mid-prefill fails that call with a GenerateError; no row of it keeps a
+    cache slot, and the next call is served."""
+    from edgeseq.errors import StepError
+
+    _, art = artifacts.get(family="stagformer", n_stacks=2, n_layers=4)
+    prompts = shared_prefix_prompts(48, count=8)[3:5]  # two prompts of several blocks, admitted together
+    with load(art) as model:
+        expected = model.generate(prompts, max_new_tokens=2).tokens
+        run = model.engine._run
+
+        def failing(graph, feeds):
+            if graph == model.engine.blocked.extend:
+                raise StepError(f"graph {graph!r} failed: planted", "none")
+            return run(graph, feeds)
+
+        monkeypatch.setattr(model.engine, "_run", failing)
+        with pytest.raises(GenerateError, match="planted"):
+            model.generate(prompts, max_new_tokens=2, cache_salt="fresh")
+        assert model.engine.cache.rows == 0
+        monkeypatch.setattr(model.engine, "_run", run)
+        assert model.generate(prompts, max_new_tokens=2).tokens == expected
