@@ -29,6 +29,7 @@ from edgeseq.quality import INT8_BOUNDS
 from edgeseq.runtimes import load
 
 HELD_OUT_SEED = 123_456  # never produced by the training sampler's seeds
+TIMED_RUNS = 3  # each engine's figure is its best of this many
 console = Console()
 
 
@@ -72,6 +73,17 @@ def train_or_reuse(ckpt: Path, task: CompositionTask, steps: int, retrain: bool)
     return model, accuracy
 
 
+def best_of(run, repeats: int = TIMED_RUNS):
+    """(result, seconds) of the fastest of `repeats` runs after one warm-up (the first calls
+    size memory arenas and caches; a shared machine's noise only ever adds time)."""
+    result, best = run(), float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = run()
+        best = min(best, time.perf_counter() - start)
+    return result, best
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path(".cache/demo"))
@@ -97,16 +109,8 @@ def main(argv=None) -> int:
     source, target = task.sample(args.queries, HELD_OUT_SEED)
     src = torch.from_numpy(source)
     with load(art, threads=1, max_batch=args.queries) as runtime:
-        run_ort = lambda: runtime.generate(source.tolist(), max_new_tokens=task.target_length).tokens  # noqa: E731
-        run_ort()  # warm-up: first calls size the memory arenas and the caches
-        start = time.perf_counter()
-        ort_tokens = run_ort()
-        ort_seconds = time.perf_counter() - start
-    run_torch = lambda: model.generate_greedy(src, torch.ones_like(src), task.target_length)[0]  # noqa: E731
-    run_torch()
-    start = time.perf_counter()
-    torch_tokens = run_torch()
-    torch_seconds = time.perf_counter() - start
+        ort_tokens, ort_seconds = best_of(lambda: runtime.generate(source.tolist(), max_new_tokens=task.target_length).tokens)
+    torch_tokens, torch_seconds = best_of(lambda: model.generate_greedy(src, torch.ones_like(src), task.target_length)[0])
 
     ort_acc = exact_match(ort_tokens, target)
     torch_acc = exact_match(torch_tokens.tolist(), target)
@@ -118,7 +122,7 @@ def main(argv=None) -> int:
     console.print(f"\naccuracy on {args.queries} held-out queries: PyTorch {torch_acc:.1%}, ONNX Runtime {ort_acc:.1%} "
                   f"(identical outputs on {same}/{len(ort_tokens)})")
     console.print(f"batch-{args.queries} generation: ONNX Runtime {generated / ort_seconds:,.0f} tok/s, "
-                  f"PyTorch eager {generated / torch_seconds:,.0f} tok/s (1 thread each)")
+                  f"PyTorch eager {generated / torch_seconds:,.0f} tok/s (1 thread each, best of {TIMED_RUNS})")
     if same != len(ort_tokens) or abs(ort_acc - torch_acc) > 1e-9:
         console.print("[red]ONNX Runtime and PyTorch disagree[/]")
         return 1
@@ -129,11 +133,8 @@ def main(argv=None) -> int:
     with console.status("compiling with --precision int8 (int8 weights, quality bounds checked)"):
         compile_checkpoint(ckpt, int8_art, precision="int8", force=True)
     with load(int8_art, threads=1, max_batch=args.queries) as runtime:
-        run_int8 = lambda: runtime.generate(source.tolist(), max_new_tokens=task.target_length).tokens  # noqa: E731
-        run_int8()
-        start = time.perf_counter()
-        int8_acc = exact_match(run_int8(), target)
-        int8_seconds = time.perf_counter() - start
+        int8_tokens, int8_seconds = best_of(lambda: runtime.generate(source.tolist(), max_new_tokens=task.target_length).tokens)
+        int8_acc = exact_match(int8_tokens, target)
     console.print(f"int8 weights: accuracy {int8_acc:.1%} (fp32 {ort_acc:.1%}), "
                   f"{generated / int8_seconds:,.0f} tok/s on ONNX Runtime (1 thread)")
     if int8_acc < ort_acc - INT8_BOUNDS.max_accuracy_drop_points / 100:

@@ -68,6 +68,7 @@ class ContractPass(ir.passes.InPlacePass):
     def __init__(self):
         super().__init__()
         self.graph_name = ""  # the graph being rewritten (set by the pipeline; for messages)
+        self.graph_role = ""  # its runtime role (graph_spec GraphSpec.role; "" outside a pipeline)
         self.rewrote: Counter[str] = Counter()
         self.declined: list[Declined] = []
         self._interfaces: dict[int, list[tuple]] = {}

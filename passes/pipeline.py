@@ -99,7 +99,7 @@ class EachGraph(GraphSetPass):
             if self.roles is not None and g.spec.role not in self.roles:
                 continue
             if isinstance(self.inner, ContractPass):
-                self.inner.graph_name = g.spec.name
+                self.inner.graph_name, self.inner.graph_role = g.spec.name, g.spec.role
             with failures_named(g.spec.name):
                 result = self.inner(g.model)
             g.model = result.model

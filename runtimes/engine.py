@@ -196,21 +196,36 @@ class Engine:
         starts its first step from bos (no logits yet). Decoder-only: the prefill fills the
         rows' caches and returns each row's logits for its first generated token.
         """
-        if self.blocked is not None:
-            self.prefilled_rows += len(rows)
-            return [self.blocked.admit(s) for s in rows]
+        if self.blocked is None:
+            return self._admit_batched(rows)
+        # a prompt shorter than one block reads and writes no cache block: such prompts are
+        # run together at their padded width (one graph call, not one per row)
+        results: list[np.ndarray | None] = [None] * len(rows)
+        short = [i for i, s in enumerate(rows) if len(s.prompt) < self.blocked.block_tokens]
+        if short:
+            for i, logits in zip(short, self._admit_batched([rows[i] for i in short])):
+                results[i] = logits
+        for i, s in enumerate(rows):
+            if len(s.prompt) >= self.blocked.block_tokens:
+                self.prefilled_rows += 1
+                results[i] = self.blocked.admit(s)
+        return results
+
+    def _admit_batched(self, rows: list[Row]) -> list[np.ndarray | None]:
+        """`admit` for rows prefilled (or encoded) together by the once-per-request graph."""
         c = self.cache
         feeds, outputs = self.run_once([s.prompt for s in rows])
         if self.shape == "encoder_decoder":
             values = {**feeds, **outputs}
             c.reserve("source", max(len(s.prompt) for s in rows))
-            for i, s in enumerate(rows):
-                slot = c.add_row(s)
-                for name, t in self.state.items():
-                    if t["role"] == "encoder_output":
-                        c.write_row(name, slot, values[t["source"]][i])
+            first = c.rows
+            for s in rows:
+                c.add_row(s)
                 s.next_token = self.config["bos_token_id"]
                 s.position = len(s.prompt) if self.config.get("consecutive_positions") else 0
+            for name, t in self.state.items():  # the new rows are consecutive slots: one copy per output
+                if t["role"] == "encoder_output":
+                    c.write_rows(name, first, values[t["source"]])
             return [None] * len(rows)
         c.reserve("cache", max(len(s.prompt) for s in rows) + 1)
         logits = outputs[self.once_logits]
@@ -233,7 +248,7 @@ class Engine:
         returns the logits [n, V] that choose each row's next token."""
         c = self.cache
         n = len(rows)
-        c.reserve("cache", int(c.lengths[:n].max()) + 1)
+        c.fit(int(c.lengths[:n].max()) + 1)
         self.ids[:n, 0] = [s.next_token for s in rows]
         self.positions[:n, 0] = [s.position for s in rows]
         outputs = self._run_step(self.feeds(n))

@@ -6,7 +6,9 @@ are always slots 0 .. n-1, so a step is fed `buffer[:n]`: a contiguous view, wra
 once as a backend tensor and not copied. A step only reads the caches; the new keys and
 values it returns are written here, at each row's own slot, so rows of different ages
 share a step. Buffers grow in blocks (positions, source length and rows each double when
-full): a copy per doubling, never per step.
+full): a copy per doubling, never per step. A step reads every slot of the positions and
+source axes, so those shrink again (halve at least) once every row fits in a quarter of
+them: one long request does not leave every later step attending over its width.
 
 Rows are forked (a new row gets a copy of another's cache prefix: no recomputed prefix),
 copied in place (a beam reorder: row b becomes row a),
@@ -21,7 +23,10 @@ import numpy as np
 
 from edgeseq.errors import GenerateError
 
-BLOCK = 64  # cache and source slots are allocated in multiples of this
+# cache and source slots are allocated in multiples of this: a step attends over every slot,
+# so a small block keeps short rows' steps short (the demo's batch-256 step, 20-token
+# sources and 4 new tokens, ran over 64 x 64 slots with a block of 64; over 32 x 16 now)
+BLOCK = 16
 FIRST_ROWS = 4
 
 
@@ -50,6 +55,7 @@ class CacheManager:
         self.capacity = {"cache": BLOCK, "source": BLOCK}  # slots per symbolic axis
         self.owners: list = []  # the sequence in each active slot
         self.lengths = np.zeros(self.row_capacity, dtype=np.int64)  # valid self-cache slots per row
+        self.source_lengths = np.zeros(self.row_capacity, dtype=np.int64)  # encoder-output slots written per row
         self.buffers = {s.name: self._fresh(s, self.row_capacity) for s in specs}
         self.generation = 0  # bumped on every reallocation: wrapped views must be remade
 
@@ -77,9 +83,10 @@ class CacheManager:
             region = (slice(0, n), *region[1:])
             new[region] = old[region]
             self.buffers[name] = new
-        lengths = np.zeros(rows, dtype=np.int64)
-        lengths[:n] = self.lengths[:n]
-        self.lengths = lengths
+        for name in ("lengths", "source_lengths"):
+            lengths = np.zeros(rows, dtype=np.int64)
+            lengths[:n] = getattr(self, name)[:n]
+            setattr(self, name, lengths)
         self.row_capacity = rows
         self.generation += 1
 
@@ -87,6 +94,22 @@ class CacheManager:
         """Make room for `slots` positions along a symbolic axis ("cache" or "source")."""
         if slots > self.capacity[axis]:
             self.capacity[axis] = max(_round_up(slots), 2 * self.capacity[axis])
+            self._reallocate(self.row_capacity)
+
+    def fit(self, cache_slots: int) -> None:
+        """Before a step: room for `cache_slots` positions, and each axis shrunk where every
+        active row fits in a quarter of it (to twice what they use, so a row growing again
+        does not reallocate at once)."""
+        self.reserve("cache", cache_slots)
+        n = self.rows
+        used = {"cache": max(cache_slots, int(self.lengths[:n].max(initial=0)) + 1),
+                "source": int(self.source_lengths[:n].max(initial=0))}
+        shrunk = False
+        for axis, slots in used.items():
+            if self.capacity[axis] > BLOCK and 4 * slots <= self.capacity[axis]:
+                self.capacity[axis] = _round_up(2 * slots)
+                shrunk = True
+        if shrunk:
             self._reallocate(self.row_capacity)
 
     # ----- rows ------------------------------------------------------------------------------
@@ -102,7 +125,7 @@ class CacheManager:
             self._reallocate(min(2 * self.row_capacity, self.max_rows))
         slot = self.rows
         self.owners.append(owner)
-        self.lengths[slot] = 0
+        self.lengths[slot] = self.source_lengths[slot] = 0
         for name, spec in self.specs.items():
             if spec.role == "encoder_output":
                 self.buffers[name][slot] = spec.pad
@@ -116,6 +139,7 @@ class CacheManager:
             for buffer in self.buffers.values():
                 buffer[slot] = buffer[last]
             self.lengths[slot] = self.lengths[last]
+            self.source_lengths[slot] = self.source_lengths[last]
             self.owners[slot] = self.owners[last]
             self.owners[slot].slot = slot
         self.owners.pop()
@@ -129,6 +153,7 @@ class CacheManager:
         for buffer in self.buffers.values():
             buffer[[a, b]] = buffer[[b, a]]
         self.lengths[[a, b]] = self.lengths[[b, a]]
+        self.source_lengths[[a, b]] = self.source_lengths[[b, a]]
         self.owners[a], self.owners[b] = self.owners[b], self.owners[a]
         self.owners[a].slot, self.owners[b].slot = a, b
 
@@ -149,6 +174,7 @@ class CacheManager:
             else:
                 buffer[new] = buffer[slot] if state is None else state[name]
         self.lengths[new] = length
+        self.source_lengths[new] = self.source_lengths[slot]
         return new
 
     def copy_row(self, source: int, target: int) -> None:
@@ -212,13 +238,19 @@ class CacheManager:
     def write_row(self, name: str, slot: int, value: np.ndarray) -> None:
         """Per-request state (an encoder output, a handoff) into one row; an encoder output
         shorter than the buffer fills its leading part along the source axis."""
-        spec, buffer = self.specs[name], self.buffers[name]
+        self.write_rows(name, slot, value[None])
+
+    def write_rows(self, name: str, first: int, values: np.ndarray) -> None:
+        """`write_row` for the consecutive rows first, first + 1, ... at once (a batch just admitted)."""
+        spec, buffer, rows = self.specs[name], self.buffers[name], slice(first, first + values.shape[0])
         if spec.axis is None:
-            buffer[slot] = value
+            buffer[rows] = values
             return
-        index = [slot] + [slice(None)] * (buffer.ndim - 1)
-        index[spec.axis] = slice(0, value.shape[spec.axis - 1])
-        buffer[tuple(index)] = value
+        width = values.shape[spec.axis]
+        index = [rows] + [slice(None)] * (buffer.ndim - 1)
+        index[spec.axis] = slice(0, width)
+        buffer[tuple(index)] = values
+        self.source_lengths[rows] = np.maximum(self.source_lengths[rows], width)
 
     def view(self, name: str, n: int) -> np.ndarray:
         return self.buffers[name][:n]

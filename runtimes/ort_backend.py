@@ -103,10 +103,14 @@ class OrtBackend:
                 options.add_session_config_entry("session.disable_prepacking", "1")
             for init_name, key in graph.get("initializers", {}).items():
                 options.add_initializer(init_name, self.weights[key])
+            # ONNX Runtime's own skip-norm fusion would undo passes/fuse_residual_norm.py's choice
+            # for a once-per-request graph: its SkipLayerNormalization costs ~6x Add + LayerNorm
+            # per row, and such a graph runs over every prompt token
+            disabled = [] if name in steps else ["SkipLayerNormFusion"]
             try:
                 self.sessions[name] = ort.InferenceSession(
-                    str(artifact.file(graph["file"])), sess_options=options, providers=self.providers
-                )
+                    str(artifact.file(graph["file"])), sess_options=options, providers=self.providers,
+                    disabled_optimizers=disabled)
             except Exception as e:  # ORT raises its own Fail/InvalidGraph types
                 raise LoadError(f"ONNX Runtime could not load graph {name!r}: {e}", "recompile the artifact") from e
         self.output_names = {n: [o.name for o in s.get_outputs()] for n, s in self.sessions.items()}

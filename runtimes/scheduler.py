@@ -210,7 +210,9 @@ class Scheduler:
                 group = groups.setdefault(id(row.request), (row.request, [], []))
                 group[1].append(row)
                 group[2].append(row_logits)
-        for request, request_rows, request_logits in groups.values():
+        # last slots first: a finished row in the last slot is freed without moving another
+        # into its place (256 rows ending in one step moved 255 rows of every buffer)
+        for request, request_rows, request_logits in reversed(groups.values()):
             try:
                 request.policy.stepped(self, request_rows, request_logits)
             except Exception as e:  # one request's policy failing fails that request only

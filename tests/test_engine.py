@@ -93,6 +93,22 @@ def test_closing_a_stream_cancels_its_row_while_others_run_on(artifacts):
         wait_until(lambda: not model.scheduler.active)  # the cancelled row left the cache
 
 
+def test_a_long_request_does_not_leave_later_steps_wide(artifacts):
+    """A step attends over every slot of the cache and source axes: after a long request
+    leaves, short ones shrink both axes back (and decode exactly as on a fresh model)."""
+    _, art = artifacts.get(**ALL_ON)  # RED: an encoder's source axis and a decoder cache
+    short = [([5, 6, 7], 6), ([8, 9, 10, 11], 5)]
+    with load(art, prefix_cache_mb=0) as fresh:
+        expected = [fresh.generate([p], n, stop_tokens=[]).tokens[0] for p, n in short]
+    with load(art, prefix_cache_mb=0) as model:
+        cache = model.engine.cache
+        model.generate([list(range(3, 43)) * 2], 60, stop_tokens=[])  # 80 source slots, 60 positions
+        wide = dict(cache.capacity)
+        assert wide["source"] >= 80 and wide["cache"] >= 60
+        assert [model.generate([p], n, stop_tokens=[]).tokens[0] for p, n in short] == expected
+        assert cache.capacity["source"] <= wide["source"] // 2 and cache.capacity["cache"] <= wide["cache"] // 2
+
+
 # ----- the engine, driven directly ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lm_engine(artifacts):

@@ -3,6 +3,7 @@ and that a fused graph computes what the unfused one did (parity against transfo
 for whole models is in test_nash.py)."""
 
 import collections
+import json
 
 import numpy as np
 import onnx
@@ -199,6 +200,18 @@ def test_red_and_stagformer_steps_are_fused(artifacts, family, overrides, graph)
     residual_into_norm = [n for n in model.graph.node if n.op_type == "LayerNormalization"
                           and any(p.op_type == "Add" and p.output[0] == n.input[0] for p in model.graph.node)]
     assert residual_into_norm == []
+
+
+def test_an_encoder_keeps_add_and_layer_norm(artifacts):
+    """Over every prompt token the skip kernel costs more than Add + LayerNormalization
+    (passes/fuse_residual_norm.py): RED's encoder keeps the pair and says why; its step fuses."""
+    _, art = artifacts.get(family="red")
+    assert _ops(art, "encoder")["SkipLayerNormalization"] == 0 and _ops(art, "encoder")["LayerNormalization"] > 0
+    assert _ops(art, "decoder_step")["SkipLayerNormalization"] > 0
+    manifest = json.loads((art / "manifest.json").read_text())
+    declined = next(p for p in manifest["passes"] if p["pass"] == "FuseResidualNormPass")["declined"]
+    assert any("the encoder graph runs it over every prompt token" in reason for reason in declined)
+    assert not any("decoder_step" in reason for reason in declined)
 
 
 def test_a_pack_of_many_projections_keeps_its_split_sizes_inline(tmp_path):
