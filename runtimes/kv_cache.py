@@ -7,8 +7,9 @@ once as a backend tensor and not copied. A step only reads the caches; the new k
 values it returns are written here, at each row's own slot, so rows of different ages
 share a step. Buffers grow in blocks (positions, source length and rows each double when
 full): a copy per doubling, never per step. A step reads every slot of the positions and
-source axes, so those shrink again (halve at least) once every row fits in a quarter of
-them: one long request does not leave every later step attending over its width.
+source axes, so those shrink again (halve at least) once every row has fitted in a
+quarter of them for a while: one long request does not leave every later step attending
+over its width.
 
 Rows are forked (a new row gets a copy of another's cache prefix: no recomputed prefix),
 copied in place (a beam reorder: row b becomes row a),
@@ -27,6 +28,12 @@ from edgeseq.errors import GenerateError
 # so a small block keeps short rows' steps short (the demo's batch-256 step, 20-token
 # sources and 4 new tokens, ran over 64 x 64 slots with a block of 64; over 32 x 16 now)
 BLOCK = 16
+# an axis shrinks only after this many steps in a row could have shrunk it, and not below
+# SHRINK_FLOOR: a shrink is a reallocation, and one per request (PASTA's documents at batch
+# 1 shrank at each start and grew again at their splices) costs more than the narrower
+# steps save; a server whose long request has left pays it once
+SHRINK_PATIENCE = 32
+SHRINK_FLOOR = 4 * BLOCK
 FIRST_ROWS = 4
 
 
@@ -58,6 +65,7 @@ class CacheManager:
         self.source_lengths = np.zeros(self.row_capacity, dtype=np.int64)  # encoder-output slots written per row
         self.buffers = {s.name: self._fresh(s, self.row_capacity) for s in specs}
         self.generation = 0  # bumped on every reallocation: wrapped views must be remade
+        self.narrow_steps = 0  # consecutive steps after which an axis could have shrunk
 
     # ----- shapes ----------------------------------------------------------------------------
     def _shape(self, spec: BufferSpec, rows: int) -> tuple[int, ...]:
@@ -72,6 +80,8 @@ class CacheManager:
         return tuple(out)
 
     def _fresh(self, spec: BufferSpec, rows: int) -> np.ndarray:
+        if spec.pad == 0:  # calloc'd: the OS zeroes pages as they are touched, not all up front
+            return np.zeros(self._shape(spec, rows), dtype=spec.dtype)
         return np.full(self._shape(spec, rows), spec.pad, dtype=spec.dtype)
 
     def _reallocate(self, rows: int) -> None:
@@ -98,18 +108,19 @@ class CacheManager:
 
     def fit(self, cache_slots: int) -> None:
         """Before a step: room for `cache_slots` positions, and each axis shrunk where every
-        active row fits in a quarter of it (to twice what they use, so a row growing again
-        does not reallocate at once)."""
+        active row has fitted in a quarter of it for SHRINK_PATIENCE steps (to twice what they
+        use, so a row growing again does not reallocate at once, and not below SHRINK_FLOOR)."""
         self.reserve("cache", cache_slots)
         n = self.rows
         used = {"cache": max(cache_slots, int(self.lengths[:n].max(initial=0)) + 1),
                 "source": int(self.source_lengths[:n].max(initial=0))}
-        shrunk = False
-        for axis, slots in used.items():
-            if self.capacity[axis] > BLOCK and 4 * slots <= self.capacity[axis]:
-                self.capacity[axis] = _round_up(2 * slots)
-                shrunk = True
-        if shrunk:
+        targets = {axis: max(_round_up(2 * slots), SHRINK_FLOOR) for axis, slots in used.items()}
+        narrow = {axis: t for axis, t in targets.items()
+                  if 4 * used[axis] <= self.capacity[axis] and t < self.capacity[axis]}
+        self.narrow_steps = self.narrow_steps + 1 if narrow else 0
+        if self.narrow_steps >= SHRINK_PATIENCE:
+            self.capacity.update(narrow)
+            self.narrow_steps = 0
             self._reallocate(self.row_capacity)
 
     # ----- rows ------------------------------------------------------------------------------
@@ -222,10 +233,10 @@ class CacheManager:
         """One step's new keys/values, (cache name, [n, H, 1, Dh]) each, into rows 0..n-1 at
         each row's slot length - lag: one loop for every cache (about twenty at batch 1,
         where this bookkeeping is a measurable part of a ~0.6 ms step)."""
-        if n == 1:  # a plain slice costs a fraction of fancy indexing
-            at = int(self.lengths[0])
-            for name, values in new:
-                self.buffers[name][0, :, at - self.specs[name].lag] = values[0, :, 0]
+        if n <= 4:  # a plain slice per row costs a fraction of fancy indexing (PASTA's few threads)
+            for i, at in enumerate(self.lengths[:n].tolist()):
+                for name, values in new:
+                    self.buffers[name][i, :, at - self.specs[name].lag] = values[i, :, 0]
             return
         rows = np.arange(n)
         for name, values in new:

@@ -94,19 +94,26 @@ def test_closing_a_stream_cancels_its_row_while_others_run_on(artifacts):
 
 
 def test_a_long_request_does_not_leave_later_steps_wide(artifacts):
-    """A step attends over every slot of the cache and source axes: after a long request
-    leaves, short ones shrink both axes back (and decode exactly as on a fresh model)."""
-    _, art = artifacts.get(**ALL_ON)  # RED: an encoder's source axis and a decoder cache
-    short = [([5, 6, 7], 6), ([8, 9, 10, 11], 5)]
-    with load(art, prefix_cache_mb=0) as fresh:
-        expected = [fresh.generate([p], n, stop_tokens=[]).tokens[0] for p, n in short]
-    with load(art, prefix_cache_mb=0) as model:
-        cache = model.engine.cache
-        model.generate([list(range(3, 43)) * 2], 60, stop_tokens=[])  # 80 source slots, 60 positions
-        wide = dict(cache.capacity)
-        assert wide["source"] >= 80 and wide["cache"] >= 60
-        assert [model.generate([p], n, stop_tokens=[]).tokens[0] for p, n in short] == expected
-        assert cache.capacity["source"] <= wide["source"] // 2 and cache.capacity["cache"] <= wide["cache"] // 2
+    """A step attends over every slot of the cache and source axes: once a long request has
+    left, short ones shrink both axes again (after SHRINK_PATIENCE narrow steps) and decode
+    exactly as on a fresh model."""
+    from edgeseq.runtimes.kv_cache import SHRINK_FLOOR, SHRINK_PATIENCE
+
+    short = [([5, 6, 7], 20), ([8, 9, 10, 11], 20)]  # together more steps than the patience
+    assert sum(n for _, n in short) > SHRINK_PATIENCE
+    # RED: an encoder's source axis; a p = 1 StagFormer: a decoder-only cache
+    for case, long_prompt, long_new, axis in ((ALL_ON, list(range(3, 43)) * 2 + list(range(3, 23)), 20, "source"),
+                                             (dict(family="stagformer", n_stacks=1, n_layers=2), [5, 6, 7], 140, "cache")):
+        _, art = artifacts.get(**case)
+        with load(art, prefix_cache_mb=0) as fresh:
+            expected = [fresh.generate([p], n, stop_tokens=[]).tokens[0] for p, n in short]
+        with load(art, prefix_cache_mb=0) as model:
+            cache = model.engine.cache
+            model.generate([long_prompt], long_new, stop_tokens=[])
+            wide = cache.capacity[axis]
+            assert wide > SHRINK_FLOOR, (axis, wide)
+            assert [model.generate([p], n, stop_tokens=[]).tokens[0] for p, n in short] == expected
+            assert cache.capacity[axis] < wide, axis
 
 
 # ----- the engine, driven directly ------------------------------------------------------------
