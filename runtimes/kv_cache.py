@@ -143,12 +143,22 @@ class CacheManager:
         owner.slot = slot
         return slot
 
+    def _filled(self, name: str, slot: int) -> tuple:
+        """Index of what a row holds in one buffer: a cache's written slots (the rest is
+        masked by the row's length, so a move need not copy it), anything else whole (an
+        encoder output's unused slots must keep their pad: the source mask reads them)."""
+        spec = self.specs[name]
+        if spec.role != "cache":
+            return (slot,)
+        return (slot, slice(None), slice(0, max(int(self.lengths[slot]) - spec.lag, 0)))
+
     def release(self, slot: int) -> None:
         """Free a slot; the last active row moves into it (one row copied) so rows stay 0..n-1."""
         last = self.rows - 1
         if slot != last:
-            for buffer in self.buffers.values():
-                buffer[slot] = buffer[last]
+            for name, buffer in self.buffers.items():
+                held = self._filled(name, last)
+                buffer[(slot, *held[1:])] = buffer[held]
             self.lengths[slot] = self.lengths[last]
             self.source_lengths[slot] = self.source_lengths[last]
             self.owners[slot] = self.owners[last]
@@ -157,12 +167,15 @@ class CacheManager:
         self.generation += 1  # the active views are one row shorter
 
     def swap(self, a: int, b: int) -> None:
-        """Exchange two active rows (every buffer, length and owner): how a scheduler puts the
-        rows it steps first, since a step runs slots 0..n-1."""
+        """Exchange two active rows (what each holds of every buffer, length and owner): how a
+        scheduler puts the rows it steps first, since a step runs slots 0..n-1."""
         if a == b:
             return
-        for buffer in self.buffers.values():
-            buffer[[a, b]] = buffer[[b, a]]
+        for name, buffer in self.buffers.items():
+            held_a, held_b = self._filled(name, a), self._filled(name, b)
+            kept = buffer[held_a].copy()
+            buffer[(a, *held_b[1:])] = buffer[held_b]
+            buffer[(b, *held_a[1:])] = kept
         self.lengths[[a, b]] = self.lengths[[b, a]]
         self.source_lengths[[a, b]] = self.source_lengths[[b, a]]
         self.owners[a], self.owners[b] = self.owners[b], self.owners[a]
@@ -238,9 +251,17 @@ class CacheManager:
                 for name, values in new:
                     self.buffers[name][i, :, at - self.specs[name].lag] = values[i, :, 0]
             return
-        rows = np.arange(n)
+        # wider: each (row, head)'s new Dh-vector is one row of the buffer seen as [R*H*C, Dh],
+        # so one fancy index over that first axis writes them all (computed once per layout)
+        where: dict[tuple, np.ndarray] = {}
         for name, values in new:
-            self.buffers[name][rows, :, self.lengths[:n] - self.specs[name].lag] = values[:, :, 0]
+            buffer, lag = self.buffers[name], self.specs[name].lag
+            rows, heads, slots = buffer.shape[:3]
+            key = (heads, slots, lag)
+            if key not in where:
+                at = (np.arange(n)[:, None] * heads + np.arange(heads)[None]) * slots
+                where[key] = (at + (self.lengths[:n] - lag)[:, None]).reshape(-1)
+            buffer.reshape(rows * heads * slots, -1)[where[key]] = values.reshape(n * heads, -1)
 
     def write_prefix(self, name: str, slot: int, values: np.ndarray) -> None:
         """A prefill's entries [H, L, Dh] into a row's first L slots."""

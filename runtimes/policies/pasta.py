@@ -186,7 +186,9 @@ class PastaPolicy(Policy):
             self.doc.forced = split_threads(forced, tags)
         self.by_row = {id(main.row): main}
 
-    def _rng(self, thread: int) -> np.random.Generator:
+    def _rng(self, thread: int) -> np.random.Generator | None:
+        if not self.sampling.do_sample:  # a greedy thread draws nothing (a Generator is ~20 us)
+            return None
         return rng_stream(self.sampling.seed, self.document, thread + 1)
 
     # ----- the scheduler's calls -------------------------------------------------------------
@@ -233,11 +235,12 @@ class PastaPolicy(Policy):
         limit = 1 if self.schedule == "sequential" else self.budgets.max_live_threads
         live = sum(c.state in ("running", "flushing") for c in self.doc.chunks)
         for c in self.doc.chunks:
+            if c.state != "pending":
+                continue
             if live >= limit or not ops.can_fork(self.request):
                 return
-            if c.state == "pending":
-                self._fork(ops, c)
-                live += c.state == "running"
+            self._fork(ops, c)
+            live += c.state == "running"
 
     def _end_wait(self, ops: RowOps) -> None:
         """Every chunk has finished: splice them (at a sync) or end the document (at eos)."""
