@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeseq import __version__
-from edgeseq.graph_spec import ExportedGraph
+from edgeseq.graph_spec import STEP_ROLES, ExportedGraph
 from edgeseq.runtimes.artifact import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -99,7 +99,7 @@ def bytes_read_per_token(model: ir.Model) -> int:
 
 def step_graphs(graphs: list[ExportedGraph]) -> list[ExportedGraph]:
     """The graphs a generated token runs through."""
-    return [g for g in graphs if g.spec.role in ("decoder_step", "step", "stage")]
+    return [g for g in graphs if g.spec.role in STEP_ROLES]
 
 
 def graph_stats(graphs: list[ExportedGraph]) -> dict[str, int]:

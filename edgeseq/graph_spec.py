@@ -59,6 +59,9 @@ class TensorSpec:
         return out
 
 
+STEP_ROLES = ("decoder_step", "step", "stage")  # graph roles a generated token runs through (B rows)
+
+
 @dataclass(frozen=True)
 class GraphSpec:
     name: str  # file stem and manifest key

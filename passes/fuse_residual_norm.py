@@ -30,6 +30,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common
 
+from edgeseq.graph_spec import STEP_ROLES
+
 from .contracts import ContractPass, postcondition, precondition
 from .fuse_attention import MS_DOMAIN, take_over
 from .strip_pruned import sole_consumer
@@ -47,7 +49,6 @@ def _other_input(node: ir.Node, value: ir.Value) -> ir.Value | None:
 
 
 SKIP_KERNELS = ("SkipSimplifiedLayerNormalization", "SkipLayerNormalization")
-STEP_ROLES = ("decoder_step", "step", "stage")  # graph roles run once per token over B rows
 
 
 class FuseResidualNormPass(ContractPass):

@@ -201,14 +201,15 @@ class Engine:
         # a prompt shorter than one block reads and writes no cache block: such prompts are
         # run together at their padded width (one graph call, not one per row)
         results: list[np.ndarray | None] = [None] * len(rows)
-        short = [i for i, s in enumerate(rows) if len(s.prompt) < self.blocked.block_tokens]
+        short, blocked = [], []
+        for i, s in enumerate(rows):
+            (short if len(s.prompt) < self.blocked.block_tokens else blocked).append(i)
         if short:
             for i, logits in zip(short, self._admit_batched([rows[i] for i in short])):
                 results[i] = logits
-        for i, s in enumerate(rows):
-            if len(s.prompt) >= self.blocked.block_tokens:
-                self.prefilled_rows += 1
-                results[i] = self.blocked.admit(s)
+        for i in blocked:
+            self.prefilled_rows += 1
+            results[i] = self.blocked.admit(rows[i])
         return results
 
     def _admit_batched(self, rows: list[Row]) -> list[np.ndarray | None]:

@@ -113,12 +113,14 @@ class CacheManager:
         active row has fitted in a quarter of it for SHRINK_PATIENCE steps (to twice what they
         use, so a row growing again does not reallocate at once, and not below SHRINK_FLOOR)."""
         self.reserve("cache", cache_slots)
-        n = self.rows
-        used = {"cache": max(cache_slots, int(self.lengths[:n].max(initial=0)) + 1),
-                "source": int(self.source_lengths[:n].max(initial=0))}
-        targets = {axis: max(_round_up(2 * slots), SHRINK_FLOOR) for axis, slots in used.items()}
-        narrow = {axis: t for axis, t in targets.items()
-                  if 4 * used[axis] <= self.capacity[axis] and t < self.capacity[axis]}
+        narrow = {}
+        for axis, lengths, extra in (("cache", self.lengths, 1), ("source", self.source_lengths, 0)):
+            if self.capacity[axis] <= SHRINK_FLOOR:  # the common case: nothing to shrink, nothing to compute
+                continue
+            used = int(lengths[:self.rows].max(initial=0)) + extra  # every row's, not only the stepped ones
+            target = max(_round_up(2 * used), SHRINK_FLOOR)
+            if 4 * used <= self.capacity[axis] and target < self.capacity[axis]:
+                narrow[axis] = target
         self.narrow_steps = self.narrow_steps + 1 if narrow else 0
         if self.narrow_steps >= SHRINK_PATIENCE:
             self.capacity.update(narrow)
